@@ -1,0 +1,63 @@
+"""inferpool's exception tree. HTTP status codes are chosen only in ``api/errors.py``.
+
+    InferpoolError
+    ├── ModelError            the model directory holds no usable model
+    │   └── ModelIntegrityError   a model file does not match its manifest
+    ├── InputError            a request's rows or parameters break a rule (names the field)
+    ├── JobNotFound           no job with that id, or it expired
+    ├── Overloaded            predicted wait or backlog over its limit; carries retry_after_s
+    ├── BrokerUnavailable     Redis cannot be reached
+    ├── ResultTimeout         an answer did not arrive in time; carries the job id
+    └── AuthError             missing or wrong API key
+"""
+
+from __future__ import annotations
+
+
+class InferpoolError(Exception):
+    """Base of every error inferpool raises on purpose."""
+
+
+class ModelError(InferpoolError):
+    """Raised when the model directory holds no usable model."""
+
+
+class ModelIntegrityError(ModelError):
+    """Raised when a model file's sha256 differs from its manifest: it is never loaded."""
+
+
+class InputError(InferpoolError):
+    """Raised when input breaks a rule; ``field`` names where, the message says which rule."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class JobNotFound(InferpoolError):
+    """Raised when a job id is unknown or its results have expired."""
+
+
+class Overloaded(InferpoolError):
+    """Raised when new work would wait longer than allowed; retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class BrokerUnavailable(InferpoolError):
+    """Raised when Redis cannot be reached."""
+
+
+class ResultTimeout(InferpoolError):
+    """Raised when an answer did not arrive in time; the job goes on and can be polled."""
+
+    def __init__(self, job_id: str, timeout_s: float) -> None:
+        super().__init__(f"no answer within {timeout_s:g} s; poll /v1/jobs/{job_id}")
+        self.job_id = job_id
+
+
+class AuthError(InferpoolError):
+    """Raised when a route needs an API key and none or a wrong one was given."""

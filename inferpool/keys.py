@@ -1,0 +1,72 @@
+"""Queue names and Redis key layout, in one place.
+
+Every key inferpool writes starts with ``inferpool:`` so a shared Redis stays tidy.
+"""
+
+from __future__ import annotations
+
+PREFIX = "inferpool"
+
+# Queues. Light rows are micro-batched onto ONLINE; a request carrying
+# simulated work goes alone onto WORK so no light request waits behind it;
+# bulk job chunks go onto BULK.
+QUEUE_ONLINE = "inferpool.online"
+QUEUE_WORK = "inferpool.work"
+QUEUE_BULK = "inferpool.bulk"
+ALL_QUEUES = (QUEUE_ONLINE, QUEUE_WORK, QUEUE_BULK)
+
+# Message header stamped at publish time (epoch seconds, float).
+ENQUEUED_HEADER = "inferpool_enqueued"
+
+# kombu's Redis transport keeps unacked messages here (default names).
+UNACKED_HASH = "unacked"
+UNACKED_INDEX = "unacked_index"
+PRIORITY_SEP = "\x06\x16"
+PRIORITY_STEPS = (0, 3, 6, 9)
+
+
+def priority_lists(queue: str) -> list[str]:
+    """The Redis lists kombu uses for one queue, one per priority step (0 is the bare name)."""
+    return [queue if p == 0 else f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS]
+
+
+def job(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}"
+
+
+def job_input(job_id: str, chunk: int) -> str:
+    return f"{PREFIX}:job:{job_id}:in:{chunk}"
+
+
+def job_output(job_id: str, chunk: int) -> str:
+    return f"{PREFIX}:job:{job_id}:out:{chunk}"
+
+
+def job_done_chunks(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:done"
+
+
+def batch_result(task_id: str) -> str:
+    return f"{PREFIX}:batch:{task_id}"
+
+
+def reply_list(instance_id: str) -> str:
+    return f"{PREFIX}:reply:{instance_id}"
+
+
+def idempotency(key_id: str, key: str) -> str:
+    return f"{PREFIX}:idem:{key_id}:{key}"
+
+
+def audit(job_id: str) -> str:
+    return f"{PREFIX}:audit:{job_id}"
+
+
+AUDIT_INDEX = f"{PREFIX}:audit:index"
+LEDGER = f"{PREFIX}:ledger"
+SCALER_HEALTH = f"{PREFIX}:scaler:health"
+SCALER_STATE = f"{PREFIX}:scaler:state"
+DRIFT_SAMPLES = f"{PREFIX}:drift:samples"
+DRIFT_CLASSES = f"{PREFIX}:drift:classes"
+FEEDBACK = f"{PREFIX}:feedback"
+STATS_TASKS = f"{PREFIX}:stats:tasks"

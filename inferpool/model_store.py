@@ -1,0 +1,180 @@
+"""The model directory: train, register, describe and safely load models.
+
+Layout: ``<model_dir>/<version>.joblib`` beside ``<model_dir>/<version>.json``
+(the manifest) and ``<model_dir>/current`` naming the served version.
+joblib files are pickles, so a worker loads only a file inside the model
+directory whose sha256 matches its manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+
+from inferpool.errors import ModelError, ModelIntegrityError
+
+SUMMARY_BINS = 10
+CURRENT_FILE = "current"
+
+
+@dataclass(frozen=True)
+class FeatureSummary:
+    """Training distribution of one feature: ``len(edges) == len(proportions) + 1``.
+
+    The outer edges are -inf/+inf (stored as None in JSON) so every input falls in a bin.
+    """
+
+    edges: list[float]
+    proportions: list[float]
+    mean: float
+    std: float
+
+
+@dataclass(frozen=True)
+class Manifest:
+    version: str
+    sha256: str
+    file: str
+    n_features: int
+    classes: list[int]
+    class_proportions: list[float]
+    created: float
+    estimator: str
+    features: list[FeatureSummary] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        for f in d["features"]:
+            f["edges"] = [None if not np.isfinite(e) else e for e in f["edges"]]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Manifest:
+        feats = []
+        for f in d.get("features", []):
+            edges = list(f["edges"])
+            edges[0] = -np.inf if edges[0] is None else edges[0]
+            edges[-1] = np.inf if edges[-1] is None else edges[-1]
+            feats.append(FeatureSummary(edges, f["proportions"], f["mean"], f["std"]))
+        return cls(**{**d, "features": feats})
+
+
+def summarize_features(X: np.ndarray, bins: int = SUMMARY_BINS) -> list[FeatureSummary]:
+    """Quantile bins of each training feature, kept in the manifest for drift detection."""
+    out = []
+    for j in range(X.shape[1]):
+        col = X[:, j].astype(np.float64)
+        inner = np.unique(np.quantile(col, np.linspace(0, 1, bins + 1)[1:-1]))
+        edges = np.concatenate(([-np.inf], inner, [np.inf]))
+        counts, _ = np.histogram(col, bins=edges)
+        out.append(
+            FeatureSummary(
+                edges=[float(e) for e in edges],
+                proportions=[float(c) / len(col) for c in counts],
+                mean=float(col.mean()),
+                std=float(col.std()),
+            )
+        )
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_model(model: Any, X_train: np.ndarray, y_train: np.ndarray, model_dir: Path) -> Manifest:
+    """Write ``model`` and its manifest into ``model_dir`` and make it the served version."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=model_dir, suffix=".tmp", delete=False) as tmp:
+        tmp_path = Path(tmp.name)
+    joblib.dump(model, tmp_path)
+    digest = _sha256(tmp_path)
+    version = digest[:12]
+    final = model_dir / f"{version}.joblib"
+    os.replace(tmp_path, final)
+    classes, counts = np.unique(np.asarray(y_train), return_counts=True)
+    manifest = Manifest(
+        version=version,
+        sha256=digest,
+        file=final.name,
+        n_features=int(X_train.shape[1]),
+        classes=[int(c) for c in getattr(model, "classes_", classes)],
+        class_proportions=[float(c) / counts.sum() for c in counts],
+        created=time.time(),
+        estimator=type(model).__name__,
+        features=summarize_features(np.asarray(X_train, dtype=np.float64)),
+    )
+    (model_dir / f"{version}.json").write_text(json.dumps(manifest.to_json(), indent=2))
+    (model_dir / CURRENT_FILE).write_text(version + "\n")
+    return manifest
+
+
+def train_reference(
+    model_dir: Path, n_samples: int = 500, n_features: int = 20, n_estimators: int = 100, seed: int = 42
+) -> Manifest:
+    """The reference model: a random forest on ``make_classification`` data, fixed seeds."""
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import RandomForestClassifier
+
+    X, y = make_classification(n_samples=n_samples, n_features=n_features, random_state=seed)
+    # n_jobs=1: in a worker, joblib threads add a ~35 ms floor to every small call.
+    model = RandomForestClassifier(n_estimators=n_estimators, random_state=seed, n_jobs=1).fit(X, y)
+    return save_model(model, X, y, model_dir)
+
+
+def register_model(model_path: Path, X_train: np.ndarray, y_train: np.ndarray, model_dir: Path) -> Manifest:
+    """Register a user's own joblib model, summarised against the data it was trained on.
+
+    The file is loaded here, once, by the person registering it; workers then load
+    it only after checking the sha256 recorded now.
+    """
+    model = joblib.load(model_path)
+    if not hasattr(model, "predict"):
+        raise ModelError(f"{model_path} holds a {type(model).__name__}, which has no predict()")
+    return save_model(model, X_train, y_train, model_dir)
+
+
+def current_version(model_dir: Path) -> str:
+    try:
+        return (model_dir / CURRENT_FILE).read_text().strip()
+    except FileNotFoundError as exc:
+        raise ModelError(f"no model in {model_dir}: run `inferpool train`") from exc
+
+
+def read_manifest(model_dir: Path, version: str | None = None) -> Manifest:
+    version = version or current_version(model_dir)
+    path = model_dir / f"{version}.json"
+    try:
+        return Manifest.from_json(json.loads(path.read_text()))
+    except FileNotFoundError as exc:
+        raise ModelError(f"model version {version} has no manifest in {model_dir}") from exc
+
+
+def load_model(model_dir: Path, version: str | None = None) -> tuple[Any, Manifest]:
+    """Load the served model after checking that its file matches the manifest."""
+    manifest = read_manifest(model_dir, version)
+    root = model_dir.resolve()
+    path = (root / manifest.file).resolve()
+    if path.parent != root:
+        raise ModelIntegrityError(f"manifest points outside the model directory: {manifest.file}")
+    if not path.is_file():
+        raise ModelError(f"model file {path} is missing")
+    digest = _sha256(path)
+    if digest != manifest.sha256:
+        raise ModelIntegrityError(
+            f"{path.name}: sha256 {digest[:12]}… does not match the manifest's {manifest.sha256[:12]}…; refusing to load"
+        )
+    return joblib.load(path), manifest

@@ -1,0 +1,116 @@
+"""One typed settings object for every inferpool process, read from the environment.
+
+Variables carry the ``INFERPOOL_`` prefix, except ``REDIS_URL`` which is the
+name every Redis client and compose file already uses. Secrets (API keys,
+Flower credentials, the Redis password inside ``REDIS_URL``) come only from
+here and are never logged: ``SecretStr`` keeps them out of reprs.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INFERPOOL_", extra="ignore")
+
+    # --- connections -------------------------------------------------------
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("REDIS_URL", "INFERPOOL_REDIS_URL"),
+        description="Broker, result backend and job store. rediss:// and passwords supported.",
+    )
+    model_dir: Path = Field(Path("models"), description="Only joblib files here, matching their manifest, are loaded.")
+
+    # --- delivery ----------------------------------------------------------
+    # A message taken by a worker that dies without acking comes back after this
+    # long. It must exceed the longest task (task_time_limit_s below), else a
+    # slow task runs twice; shorter means a killed worker's work returns sooner.
+    visibility_timeout_s: int = 60
+    task_time_limit_s: int = 30
+    # How often workers sweep the unacked set for expired messages.
+    restore_interval_s: int = 2
+    result_ttl_s: int = 3600
+    job_chunk_rows: int = 4096
+
+    # --- micro-batching (front end) ----------------------------------------
+    batch_max_rows: int = 256
+    batch_max_wait_ms: float = 5.0
+    batch_latency_budget_ms: float = 60.0
+    batch_max_in_flight: int = 2
+
+    # --- API limits ----------------------------------------------------------
+    predict_timeout_s: float = 10.0
+    max_rows_per_request: int = 1024
+    max_rows_per_job: int = 1_000_000
+    max_body_bytes: int = 200 * 1024 * 1024
+    max_work_ms: int = 10_000
+    # Backpressure: shed new work when the oldest waiting message is older than
+    # this (predict route) or than job_max_wait_s (job route), or the backlog is over the cap.
+    predict_max_wait_s: float = 2.0
+    job_max_wait_s: float = 30.0
+    max_backlog_messages: int = 20_000
+
+    # --- security ------------------------------------------------------------
+    api_keys: SecretStr | None = Field(
+        None, description="Comma-separated key_id:secret pairs; when set, every /v1 and /predict call needs one."
+    )
+    admin_keys: SecretStr | None = Field(None, description="key_id:secret pairs allowed to call admin routes.")
+    flower_user: str | None = None
+    flower_password: SecretStr | None = None
+    audit_ttl_s: int = 7 * 24 * 3600
+
+    # --- ports for `inferpool up` -------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    flower_port: int = 5555
+    worker_metrics_port: int = 9808
+    scaler_metrics_port: int = 9809
+
+    # --- workers & scaler ---------------------------------------------------
+    online_concurrency: int = 2
+    work_concurrency_min: int = 1
+    work_concurrency_max: int = 8
+    scaler_wait_target_s: float = 0.1
+    scaler_tick_s: float = 1.0
+    scaler_scale_down_window_s: float = 30.0
+    scaler_cooldown_s: float = 3.0
+    scaler_dry_run: bool = False
+
+    # --- monitoring ----------------------------------------------------------
+    drift_window: int = 2000
+    drift_sample_rate: float = 0.2
+    drift_psi_moderate: float = 0.1
+    drift_psi_major: float = 0.25
+    log_json: bool = False
+    log_level: str = "INFO"
+
+    @field_validator("batch_max_rows", "job_chunk_rows", "max_rows_per_request", "batch_max_in_flight")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be at least 1")
+        return v
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, built once from the environment."""
+    return Settings()
+
+
+def parse_keys(secret: SecretStr | None) -> dict[str, str]:
+    """``"id1:s1,id2:s2"`` -> ``{"s1": "id1", ...}``: secret to key id, so a caller is named by id only."""
+    if secret is None or not secret.get_secret_value().strip():
+        return {}
+    out: dict[str, str] = {}
+    for pair in secret.get_secret_value().split(","):
+        key_id, sep, value = pair.strip().partition(":")
+        if not sep or not key_id or not value:
+            raise ValueError("INFERPOOL_API_KEYS / INFERPOOL_ADMIN_KEYS entries must look like key_id:secret")
+        out[value] = key_id
+    return out
