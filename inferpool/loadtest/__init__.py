@@ -1,0 +1,31 @@
+"""``inferpool loadtest`` and ``inferpool plot``: an open-loop load generator and its report.
+
+Modules: ``config`` (flags, LoadtestConfig), ``profile`` (rates over time, arrival
+times), ``mix`` (simulated work per request), ``routes`` (what each route sends),
+``sampler`` (the monitoring status endpoint), ``runner`` (the generator),
+``records`` (what is written, and its arithmetic), ``report`` (charts, HTML).
+"""
+
+from pathlib import Path
+
+from inferpool.loadtest.config import LoadtestConfig, add_loadtest_arguments, add_plot_arguments, config_from_args
+from inferpool.loadtest.errors import SpecError
+from inferpool.loadtest.runner import run_loadtest
+
+
+def plot(results_dir: Path) -> Path:
+    """Draw the charts and report.html for a results directory; returns the report's path."""
+    from inferpool.loadtest.report import plot as draw  # matplotlib loads only when charts are drawn
+
+    return draw(results_dir)
+
+
+__all__ = [
+    "LoadtestConfig",
+    "SpecError",
+    "add_loadtest_arguments",
+    "add_plot_arguments",
+    "config_from_args",
+    "plot",
+    "run_loadtest",
+]
