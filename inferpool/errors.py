@@ -1,14 +1,14 @@
 """inferpool's exception tree. HTTP status codes are chosen only in ``api/errors.py``.
 
-    InferpoolError
-    ├── ModelError            the model directory holds no usable model
-    │   └── ModelIntegrityError   a model file does not match its manifest
-    ├── InputError            a request's rows or parameters break a rule (names the field)
-    ├── JobNotFound           no job with that id, or it expired
-    ├── Overloaded            predicted wait or backlog over its limit; carries retry_after_s
-    ├── BrokerUnavailable     Redis cannot be reached
-    ├── ResultTimeout         an answer did not arrive in time; carries the job id
-    └── AuthError             missing or wrong API key
+InferpoolError
+├── ModelError            the model directory holds no usable model
+│   └── ModelIntegrityError   a model file does not match its manifest
+├── InputError            a request's rows or parameters break a rule (names the field)
+├── JobNotFound           no job with that id, or it expired
+├── Overloaded            predicted wait or backlog over its limit; carries retry_after_s
+├── BrokerUnavailable     Redis cannot be reached
+├── ResultTimeout         an answer did not arrive in time; carries the job id
+└── AuthError             missing or wrong API key
 """
 
 from __future__ import annotations

@@ -70,3 +70,11 @@ DRIFT_SAMPLES = f"{PREFIX}:drift:samples"
 DRIFT_CLASSES = f"{PREFIX}:drift:classes"
 FEEDBACK = f"{PREFIX}:feedback"
 STATS_TASKS = f"{PREFIX}:stats:tasks"
+WORKERS = f"{PREFIX}:workers"
+SCALER_DECISIONS = f"{PREFIX}:scaler:decisions"
+# A worker heartbeat older than this means the worker is gone.
+WORKER_STALE_S = 5.0
+
+
+def worker(hostname: str) -> str:
+    return f"{PREFIX}:worker:{hostname}"

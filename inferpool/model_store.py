@@ -175,6 +175,7 @@ def load_model(model_dir: Path, version: str | None = None) -> tuple[Any, Manife
     digest = _sha256(path)
     if digest != manifest.sha256:
         raise ModelIntegrityError(
-            f"{path.name}: sha256 {digest[:12]}… does not match the manifest's {manifest.sha256[:12]}…; refusing to load"
+            f"{path.name}: sha256 {digest[:12]}… does not match the manifest's "
+            f"{manifest.sha256[:12]}…; refusing to load"
         )
     return joblib.load(path), manifest

@@ -1,0 +1,1 @@
+"""The HTTP front end: validates input, enqueues predict tasks, answers or lets clients poll."""

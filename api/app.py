@@ -1,0 +1,119 @@
+"""The FastAPI application factory: ``uvicorn api.app:create_app --factory``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import errors
+from api.responses import OrjsonResponse
+from api.routes import jobs, ops, predict
+from api.security import load_tables
+from api.state import build_state
+from inferpool import metrics, telemetry
+from inferpool.redis_client import async_client
+from inferpool.settings import Settings, get_settings
+from workers.app import make_app
+
+logger = logging.getLogger(__name__)
+
+
+class BodyLimit:
+    """Refuse bodies over the limit with 413, by Content-Length or while streaming, before parsing."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await self._too_large(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            msg = await receive()
+            seen += len(msg.get("body", b""))
+            if seen > self.max_bytes:
+                raise errors.PayloadTooLarge(f"body over {self.max_bytes} bytes")
+            return msg
+
+        return await self.app(scope, limited, send)
+
+    async def _too_large(self, scope, receive, send):
+        resp = errors.error_response(413, "payload_too_large", f"body over {self.max_bytes} bytes")
+        await resp(scope, receive, send)
+
+
+class RequestMetrics:
+    """Count and time every request by route template (never by raw path: ids would explode cardinality)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(msg):
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            method = scope.get("method", "")
+            metrics.HTTP_REQUESTS.labels(route=path, method=method, status=str(status)).inc()
+            metrics.HTTP_DURATION.labels(route=path, method=method).observe(time.perf_counter() - start)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    s = settings or get_settings()
+    telemetry.setup_logging("api", s)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        aredis = async_client(s.redis_url)
+        state = build_state(s, aredis, make_app(s))
+        app.state.api = state
+        state.dispatcher.start()
+        state.batcher.start()
+        try:
+            m = state.manifest()
+            metrics.MODEL_INFO.labels(version=m.version, sha256=m.sha256).set(1)
+        except Exception:
+            pass
+        yield
+        await state.batcher.close()
+        await state.dispatcher.close()
+        await aredis.aclose()
+
+    app = FastAPI(
+        title="inferpool",
+        version="0.1.0",
+        description="Queue-based batch inference: submit, queue, predict, poll.",
+        lifespan=lifespan,
+        default_response_class=OrjsonResponse,
+    )
+    app.state.api_keys, app.state.admin_keys = load_tables(s)
+    errors.install(app)
+    app.include_router(predict.router)
+    app.include_router(jobs.router)
+    app.include_router(ops.router)
+    app.add_route("/metrics", telemetry.metrics_endpoint, include_in_schema=False)
+    app.add_middleware(RequestMetrics)
+    app.add_middleware(BodyLimit, max_bytes=s.max_body_bytes)
+    return app

@@ -1,0 +1,152 @@
+"""Publishing predict tasks and routing their answers back to waiting requests.
+
+Publishing goes through Celery's (synchronous) producer on one dedicated
+thread, so the event loop never blocks on Redis and the producer is never
+shared across threads. Answers to inline tasks come back on a per-process
+Redis list, read by one supervised ``BLPOP`` loop that resolves futures by
+task id; a reply for a task nobody waits for any more is simply dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+import redis
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from inferpool import codec, keys, metrics
+from inferpool.errors import BrokerUnavailable
+from inferpool.redis_client import async_client, sync_client
+
+logger = logging.getLogger(__name__)
+
+TASK_NAME = "inferpool.predict"
+REPLY_POLL_S = 1
+
+
+@dataclass(frozen=True)
+class Reply:
+    task_id: str
+    predictions: np.ndarray | None
+    model_version: str
+    enqueued: float
+    started: float
+    finished: float
+    error: str | None = None
+
+
+def parse_reply(raw: bytes) -> Reply:
+    d = orjson.loads(raw)
+    preds = np.asarray(d["p"], dtype=np.int64) if "p" in d else None
+    return Reply(
+        d["id"], preds, d.get("v", ""), d.get("enq", 0.0), d.get("start", 0.0), d.get("end", 0.0), d.get("error")
+    )
+
+
+class Dispatcher:
+    def __init__(self, celery: Celery, redis_url: str, result_ttl_s: int) -> None:
+        self.celery = celery
+        self.instance = uuid.uuid4().hex[:12]
+        self.reply_key = keys.reply_list(self.instance)
+        self._ttl = result_ttl_s
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
+        self._sync = sync_client(redis_url)
+        self._blocking = async_client(redis_url, blocking=True)
+        self._waiting: dict[str, asyncio.Future[Reply]] = {}
+        self._reader: asyncio.Task | None = None
+        self._stopping = False
+
+    # --- publishing -----------------------------------------------------------
+    def _publish_sync(self, task_id: str, spec: dict[str, Any], queue: str, pending_marker: bool) -> None:
+        try:
+            if pending_marker:
+                # The marker lets GET /v1/jobs answer "queued" before the result exists;
+                # requests count as accepted in the ledger when their task is published.
+                pipe = self._sync.pipeline(transaction=False)
+                pipe.set(keys.batch_result(task_id) + ":pending", time.time(), ex=self._ttl)
+                pipe.hincrby(keys.LEDGER, "accepted", spec.get("reqs", 1))
+                pipe.execute()
+            self.celery.send_task(
+                TASK_NAME,
+                args=[spec],
+                task_id=task_id,
+                queue=queue,
+                headers={keys.ENQUEUED_HEADER: time.time()},
+                argsrepr=f"(rows={spec.get('n')}, work_ms={spec.get('work_ms', 0)})",
+                kwargsrepr="{}",
+                retry=True,
+            )
+        except (OperationalError, redis.RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"cannot reach Redis: {type(exc).__name__}") from exc
+        metrics.TASKS_ENQUEUED.labels(queue=queue).inc()
+
+    async def publish(self, task_id: str, spec: dict[str, Any], queue: str, pending_marker: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool, self._publish_sync, task_id, spec, queue, pending_marker)
+
+    async def publish_rows(self, rows: np.ndarray, work_ms: int, queue: str, reqs: int) -> tuple[str, asyncio.Future]:
+        """Send rows inline as one task; the returned future resolves with its Reply."""
+        task_id = uuid.uuid4().hex
+        spec = {
+            "id": task_id, "n": int(rows.shape[0]), "rows": codec.rows_to_b64(rows),
+            "work_ms": work_ms, "reply": self.reply_key, "queue": queue, "reqs": reqs,
+        }  # fmt: skip
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._waiting[task_id] = fut
+        try:
+            await self.publish(task_id, spec, queue, pending_marker=True)
+        except BaseException:
+            self._waiting.pop(task_id, None)
+            raise
+        return task_id, fut
+
+    def forget(self, task_id: str) -> None:
+        self._waiting.pop(task_id, None)
+
+    # --- replies ------------------------------------------------------------------
+    def start(self) -> None:
+        self._reader = asyncio.get_running_loop().create_task(self._read_replies(), name="reply-reader")
+
+    async def _read_replies(self) -> None:
+        while not self._stopping:
+            try:
+                item = await self._blocking.blpop([self.reply_key], timeout=REPLY_POLL_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis down or restarting: keep trying, requests time out on their own.
+                logger.warning("reply reader: %s; retrying", type(exc).__name__)
+                await asyncio.sleep(0.5)
+                continue
+            if item is None:
+                continue
+            try:
+                reply = parse_reply(item[1])
+            except (orjson.JSONDecodeError, KeyError) as exc:
+                logger.error("reply reader: unreadable reply (%s)", exc)
+                continue
+            fut = self._waiting.pop(reply.task_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(reply)
+
+    async def close(self) -> None:
+        self._stopping = True
+        if self._reader:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.cancel()
+        await self._blocking.aclose()
+        self._sync.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)

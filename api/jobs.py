@@ -1,0 +1,127 @@
+"""Jobs: rows stored once in Redis as float32 chunks, one small task per chunk, results read back in order."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import numpy as np
+import orjson
+
+from api.dispatch import Dispatcher
+from api.schemas import JobStatus, JobView, Progress, Timings
+from inferpool import codec, keys
+from inferpool.errors import JobNotFound
+
+
+def _f(v: bytes | None) -> float | None:
+    return float(v) if v is not None else None
+
+
+class JobStore:
+    def __init__(self, aredis, dispatcher: Dispatcher, chunk_rows: int, ttl_s: int) -> None:
+        self.redis = aredis
+        self.dispatcher = dispatcher
+        self.chunk_rows = chunk_rows
+        self.ttl_s = ttl_s
+
+    @staticmethod
+    def new_id() -> str:
+        # 160 random bits: job ids are bearer tokens for their results.
+        return uuid.uuid4().hex + uuid.uuid4().hex[:8]
+
+    async def create(self, job_id: str, X: np.ndarray, work_ms: int, model_version: str, key_id: str) -> int:
+        """Store the rows, record the job, publish its chunks. Returns the chunk count."""
+        n = X.shape[0]
+        n_chunks = (n + self.chunk_rows - 1) // self.chunk_rows
+        now = time.time()
+        pipe = self.redis.pipeline(transaction=False)
+        for k in range(n_chunks):
+            part = X[k * self.chunk_rows : (k + 1) * self.chunk_rows]
+            pipe.set(keys.job_input(job_id, k), codec.rows_to_bytes(part), ex=self.ttl_s)
+        pipe.hset(
+            keys.job(job_id),
+            mapping={
+                "status": JobStatus.queued.value, "n_rows": n, "n_chunks": n_chunks, "rows_done": 0,
+                "chunks_done": 0, "submitted": now, "work_ms": work_ms, "model_version": model_version,
+                "key_id": key_id,
+            },
+        )  # fmt: skip
+        pipe.expire(keys.job(job_id), self.ttl_s)
+        pipe.hincrby(keys.LEDGER, "accepted", 1)
+        await pipe.execute()
+        queue = keys.QUEUE_WORK if work_ms else keys.QUEUE_BULK
+        for k in range(n_chunks):
+            rows_k = min(self.chunk_rows, n - k * self.chunk_rows)
+            spec = {"id": f"{job_id}:{k}", "job": job_id, "chunk": k, "n": rows_k, "work_ms": work_ms, "queue": queue}
+            await self.dispatcher.publish(f"{job_id}-{k}", spec, queue)
+        return n_chunks
+
+    async def get(self, job_id: str, with_predictions: bool = True) -> JobView:
+        if "." in job_id:
+            return await self._get_inline(job_id)
+        h = await self.redis.hgetall(keys.job(job_id))
+        if not h:
+            raise JobNotFound(f"no job {job_id!r} (unknown, or its results expired)")
+        h = {k.decode(): v.decode() for k, v in h.items()}
+        status = JobStatus(h["status"])
+        n, n_chunks = int(h["n_rows"]), int(h["n_chunks"])
+        submitted, started, finished = _f(h.get("submitted")), _f(h.get("started")), _f(h.get("finished"))
+        preds = None
+        if status is JobStatus.succeeded and with_predictions:
+            blobs = await self.redis.mget([keys.job_output(job_id, k) for k in range(n_chunks)])
+            if any(b is None for b in blobs):
+                raise JobNotFound(f"results of job {job_id!r} have expired")
+            preds = np.concatenate([codec.preds_from_bytes(b) for b in blobs]).tolist()
+        return JobView(
+            job_id=job_id,
+            status=status,
+            progress=Progress(rows_done=int(h.get("rows_done", 0)), rows_total=n),
+            model_version=h.get("model_version"),
+            timings=Timings(
+                submitted=submitted,
+                started=started,
+                finished=finished,
+                queue_wait_s=(started - submitted) if started and submitted else None,
+                run_s=(finished - started) if finished and started else None,
+            ),  # fmt: skip
+            predictions=preds,
+            error=h.get("error"),
+        )
+
+    async def _get_inline(self, job_id: str) -> JobView:
+        """Ids of the form ``task.offset.count`` name a caller's slice of a micro-batch."""
+        try:
+            task_id, offset_s, count_s = job_id.split(".")
+            offset, count = int(offset_s), int(count_s)
+        except ValueError as exc:
+            raise JobNotFound(f"no job {job_id!r}") from exc
+        raw, pending = await self.redis.mget([keys.batch_result(task_id), keys.batch_result(task_id) + ":pending"])
+        if raw is None:
+            if pending is None:
+                raise JobNotFound(f"no job {job_id!r} (unknown, or its results expired)")
+            return JobView(
+                job_id=job_id, status=JobStatus.queued, progress=Progress(rows_done=0, rows_total=count),
+                timings=Timings(submitted=float(pending)),
+            )  # fmt: skip
+        d = orjson.loads(raw)
+        if "error" in d:
+            return JobView(
+                job_id=job_id, status=JobStatus.failed, progress=Progress(rows_done=0, rows_total=count),
+                timings=Timings(), error=d["error"],
+            )  # fmt: skip
+        preds = d["p"][offset : offset + count]
+        return JobView(
+            job_id=job_id,
+            status=JobStatus.succeeded,
+            progress=Progress(rows_done=count, rows_total=count),
+            model_version=d.get("v"),
+            timings=Timings(
+                submitted=d["enq"],
+                started=d["start"],
+                finished=d["end"],
+                queue_wait_s=d["start"] - d["enq"],
+                run_s=d["end"] - d["start"],
+            ),  # fmt: skip
+            predictions=preds,
+        )

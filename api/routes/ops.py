@@ -1,0 +1,119 @@
+"""Health, readiness, model manifest, monitoring views, feedback, and admin routes."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from api.responses import OrjsonResponse
+from api.schemas import ErrorBody, FeedbackRequest
+from api.security import admin, api_key_header, caller
+from api.state import ApiState
+from inferpool import audit, drift, feedback, status
+from inferpool.errors import BrokerUnavailable, InputError, JobNotFound
+
+router = APIRouter()
+
+
+def _state(request: Request) -> ApiState:
+    return request.app.state.api
+
+
+@router.get("/healthz", tags=["ops"])
+async def healthz() -> dict:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["ops"], responses={503: {"model": ErrorBody}})
+async def readyz(request: Request) -> OrjsonResponse:
+    """Ready when Redis answers, a model exists and at least one worker is alive."""
+    st = _state(request)
+    checks: dict[str, object] = {}
+    try:
+        await st.redis.ping()
+        checks["redis"] = "ok"
+        workers = await status.live_workers(st.redis)
+        checks["workers"] = len(workers)
+    except Exception as exc:
+        checks["redis"] = f"unreachable ({type(exc).__name__})"
+        checks["workers"] = 0
+    try:
+        checks["model"] = st.manifest().version
+    except Exception:
+        checks["model"] = None
+    ready = checks["redis"] == "ok" and bool(checks["workers"]) and checks["model"] is not None
+    return OrjsonResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+
+@router.get("/v1/models", tags=["ops"], dependencies=[Depends(api_key_header)])
+async def models(request: Request, _: str = Depends(caller)) -> OrjsonResponse:
+    """The manifest of the served model (version, sha256, features, classes, training summary)."""
+    return OrjsonResponse(_state(request).manifest().to_json())
+
+
+@router.get("/v1/monitoring/status", tags=["monitoring"], dependencies=[Depends(api_key_header)])
+async def monitoring_status(request: Request, _: str = Depends(caller)) -> OrjsonResponse:
+    """Queues, unacked messages, workers and pool size, and the scaler's recent decisions."""
+    try:
+        return OrjsonResponse(await status.collect(_state(request).redis))
+    except Exception as exc:
+        raise BrokerUnavailable(f"cannot reach Redis: {type(exc).__name__}") from exc
+
+
+@router.get("/v1/monitoring/drift", tags=["monitoring"], dependencies=[Depends(api_key_header)])
+async def monitoring_drift(request: Request, _: str = Depends(caller)) -> OrjsonResponse:
+    """Drift of recent inputs (sampled window) and predicted classes against the training data."""
+    st = _state(request)
+    s = st.settings
+    X, classes = await drift.aread_window(st.redis)
+    report = drift.evaluate(st.manifest(), X, classes, moderate=s.drift_psi_moderate, major=s.drift_psi_major)
+    return OrjsonResponse(report.to_json())
+
+
+@router.post("/v1/feedback", tags=["monitoring"], dependencies=[Depends(api_key_header)])
+async def post_feedback(body: FeedbackRequest, request: Request, _: str = Depends(caller)) -> OrjsonResponse:
+    """True labels for earlier predictions, by job id and row: feeds realised accuracy and label delay."""
+    st = _state(request)
+    accepted = 0
+    for i, item in enumerate(body.labels):
+        try:
+            view = await st.jobs.get(item.job_id)
+        except JobNotFound as exc:
+            raise InputError(f"labels.{i}.job_id", "unknown job, or its results expired") from exc
+        if view.predictions is None:
+            raise InputError(f"labels.{i}.job_id", f"job is {view.status.value}, not succeeded")
+        if item.row >= len(view.predictions):
+            raise InputError(f"labels.{i}.row", f"job has {len(view.predictions)} rows")
+        await feedback.record_feedback(
+            st.redis, item.job_id, item.row, item.label, view.predictions[item.row],
+            view.timings.finished or time.time(),
+        )  # fmt: skip
+        accepted += 1
+    return OrjsonResponse({"accepted": accepted, "summary": await feedback.asummary(st.redis)})
+
+
+@router.get("/v1/monitoring/accuracy", tags=["monitoring"], dependencies=[Depends(api_key_header)])
+async def accuracy(request: Request, _: str = Depends(caller)) -> OrjsonResponse:
+    """Realised accuracy over the feedback window and label delay percentiles."""
+    return OrjsonResponse(await feedback.asummary(_state(request).redis))
+
+
+@router.get("/v1/admin/audit", tags=["admin"], dependencies=[Depends(api_key_header)])
+async def audit_log(
+    request: Request,
+    since: float = Query(0.0, description="Epoch seconds."),
+    until: float | None = Query(None, description="Epoch seconds; default now."),
+    limit: int = Query(100, ge=1, le=1000),
+    _: str = Depends(admin),
+) -> OrjsonResponse:
+    """Audit records of submitted jobs (admin key required)."""
+    rows = await audit.query(_state(request).redis, since, until or time.time(), limit)
+    return OrjsonResponse({"records": rows})
+
+
+@router.post("/v1/admin/model/reload", tags=["admin"], dependencies=[Depends(api_key_header)])
+async def reload_model(request: Request, _: str = Depends(admin)) -> OrjsonResponse:
+    """Re-read the served model's manifest (after `inferpool train` or `inferpool register`)."""
+    return OrjsonResponse(_state(request).reload_manifest().to_json())

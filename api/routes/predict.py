@@ -1,0 +1,91 @@
+"""One-call prediction: ``POST /v1/predict`` and the compatibility ``POST /predict``."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+
+from api.responses import OrjsonResponse
+from api.schemas import CompatRequest, CompatResponse, ErrorBody, PredictRequest, PredictResponse
+from api.security import api_key_header, caller
+from api.state import ONLINE_QUEUES, ApiState
+from inferpool import keys, metrics
+from inferpool.errors import InputError, Overloaded, ResultTimeout
+from inferpool.model_store import Manifest
+
+router = APIRouter(tags=["predict"], dependencies=[Depends(api_key_header)])
+
+ERRORS = {
+    401: {"model": ErrorBody}, 422: {"model": ErrorBody}, 429: {"model": ErrorBody},
+    503: {"model": ErrorBody}, 504: {"model": ErrorBody, "description": "Timed out; poll the job id"},
+}  # fmt: skip
+
+
+def _state(request: Request) -> ApiState:
+    return request.app.state.api
+
+
+def _check(X: np.ndarray, m: Manifest, max_rows: int, field: str) -> None:
+    if X.shape[1] != m.n_features:
+        raise InputError(field, f"each row must have {m.n_features} features, got {X.shape[1]}")
+    if X.shape[0] > max_rows:
+        raise InputError(field, f"at most {max_rows} rows per request, got {X.shape[0]}; use /v1/jobs")
+
+
+async def predict_rows(st: ApiState, X: np.ndarray, work_ms: int, route: str) -> tuple[np.ndarray, str, str]:
+    """Validate, admit, send and wait. Light rows go through the micro-batcher; rows with work alone."""
+    s = st.settings
+    if work_ms > s.max_work_ms:
+        raise InputError("work_ms", f"at most {s.max_work_ms} ms")
+    try:
+        await st.admit(ONLINE_QUEUES, s.predict_max_wait_s)
+    except Overloaded as exc:
+        metrics.REQUESTS_SHED.labels(route=route, reason="wait").inc()
+        raise exc
+    metrics.JOBS_ACCEPTED.labels(route=route).inc()
+    if work_ms or X.shape[0] > s.batch_max_rows:
+        queue = keys.QUEUE_WORK if work_ms else keys.QUEUE_ONLINE
+        task_id, fut = await st.dispatcher.publish_rows(X, work_ms, queue, reqs=1)
+        job_id = f"{task_id}.0.{X.shape[0]}"
+        try:
+            reply = await asyncio.wait_for(fut, s.predict_timeout_s)
+        except TimeoutError:
+            st.dispatcher.forget(task_id)
+            raise ResultTimeout(job_id, s.predict_timeout_s) from None
+        if reply.predictions is None:
+            raise RuntimeError(reply.error or "prediction failed")
+        return reply.predictions, job_id, reply.model_version
+    entry = st.batcher.submit(X)
+    try:
+        answer = await asyncio.wait_for(asyncio.shield(entry.future), s.predict_timeout_s)
+    except TimeoutError:
+        if entry.job_id is None:
+            raise Overloaded("the request could not be sent in time", retry_after_s=1) from None
+        raise ResultTimeout(entry.job_id, s.predict_timeout_s) from None
+    return answer.predictions, answer.job_id, answer.model_version
+
+
+@router.post("/v1/predict", response_model=PredictResponse, responses=ERRORS)
+async def predict(body: PredictRequest, request: Request, _: str = Depends(caller)) -> OrjsonResponse:
+    """Predict and wait for the answer in the same call (up to the configured timeout)."""
+    st = _state(request)
+    m = st.manifest()
+    widths = {len(r) for r in body.instances}
+    if len(widths) != 1:
+        raise InputError("instances", "every row must have the same number of features")
+    X = np.asarray(body.instances, dtype=np.float64)
+    _check(X, m, st.settings.max_rows_per_request, "instances")
+    preds, job_id, version = await predict_rows(st, X, body.work_ms, "/v1/predict")
+    return OrjsonResponse({"predictions": preds.tolist(), "job_id": job_id, "model_version": version})
+
+
+@router.post("/predict", response_model=CompatResponse, responses=ERRORS)
+async def predict_compat(body: CompatRequest, request: Request, _: str = Depends(caller)) -> OrjsonResponse:
+    """Drop-in for the single-process server: ``{"X": [...], "work": ms}`` -> ``{"prediction": int}``."""
+    st = _state(request)
+    X = np.asarray([body.X], dtype=np.float64)
+    _check(X, st.manifest(), 1, "X")
+    preds, _, _ = await predict_rows(st, X, body.work, "/predict")
+    return OrjsonResponse({"prediction": int(preds[0])})

@@ -1,0 +1,170 @@
+"""The ``inferpool`` command. Imports are local to each command: a worker must set up
+its metrics directory before prometheus_client is first imported."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _settings():
+    from inferpool.settings import get_settings
+
+    return get_settings()
+
+
+def cmd_train(ns: argparse.Namespace) -> int:
+    from inferpool import model_store
+
+    s = _settings()
+    model_dir = Path(ns.model_dir or s.model_dir)
+    m = model_store.train_reference(model_dir, ns.samples, ns.features, ns.trees, ns.seed)
+    print(f"trained {m.estimator} version {m.version} ({m.n_features} features) -> {model_dir / m.file}")
+    return 0
+
+
+def cmd_register(ns: argparse.Namespace) -> int:
+    import numpy as np
+
+    from inferpool import model_store
+
+    s = _settings()
+    model_dir = Path(ns.model_dir or s.model_dir)
+    X, y = np.load(ns.train_x, allow_pickle=False), np.load(ns.train_y, allow_pickle=False)
+    m = model_store.register_model(Path(ns.model), X, y, model_dir)
+    print(f"registered {m.estimator} version {m.version} -> {model_dir / m.file}")
+    return 0
+
+
+def _ensure_metrics_dir() -> None:
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        import tempfile
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="inferpool-metrics-")
+
+
+def cmd_api(ns: argparse.Namespace) -> int:
+    _ensure_metrics_dir()
+    import uvicorn
+
+    s = _settings()
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=ns.host or s.api_host,
+        port=ns.port or s.api_port,
+        workers=ns.workers,
+        access_log=False,  # ~20% of the per-request CPU; request metrics cover it
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+        timeout_keep_alive=30,
+    )
+    return 0
+
+
+def cmd_worker(ns: argparse.Namespace) -> int:
+    _ensure_metrics_dir()
+    from inferpool import keys
+    from workers.worker import run_worker
+
+    s = _settings()
+    queues = {
+        "online": [keys.QUEUE_ONLINE, keys.QUEUE_BULK],
+        "work": [keys.QUEUE_WORK],
+        "all": list(keys.ALL_QUEUES),
+    }[ns.role]
+    default_c = {"online": s.online_concurrency, "work": s.work_concurrency_min, "all": s.online_concurrency}[ns.role]
+    return run_worker(ns.role, queues, ns.concurrency or default_c, ns.name)
+
+
+def cmd_flower(ns: argparse.Namespace) -> int:
+    from workers.flower import run_flower
+
+    return run_flower(ns.port, ns.address)
+
+
+def cmd_up(ns: argparse.Namespace) -> int:
+    from inferpool.up import up
+
+    return up(ns)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="inferpool", description="Queue-based batch inference on Celery and Redis.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train the reference model into the model directory")
+    t.add_argument("--samples", type=int, default=500)
+    t.add_argument("--features", type=int, default=20)
+    t.add_argument("--trees", type=int, default=100)
+    t.add_argument("--seed", type=int, default=42)
+    t.add_argument("--model-dir")
+    t.set_defaults(fn=cmd_train)
+
+    r = sub.add_parser("register", help="register your own joblib model with its training data")
+    r.add_argument("model", help="path to a joblib file")
+    r.add_argument("--train-x", required=True, help=".npy of training features (for drift summaries)")
+    r.add_argument("--train-y", required=True, help=".npy of training labels")
+    r.add_argument("--model-dir")
+    r.set_defaults(fn=cmd_register)
+
+    a = sub.add_parser("api", help="run the HTTP API")
+    a.add_argument("--host")
+    a.add_argument("--port", type=int)
+    a.add_argument("--workers", type=int, default=1)
+    a.set_defaults(fn=cmd_api)
+
+    w = sub.add_parser("worker", help="run a Celery worker")
+    w.add_argument("--role", choices=["online", "work", "all"], default="all")
+    w.add_argument("--concurrency", "-c", type=int)
+    w.add_argument("--name", help="worker node name (default role@hostname)")
+    w.set_defaults(fn=cmd_worker)
+
+    f = sub.add_parser("flower", help="run Flower behind basic auth")
+    f.add_argument("--port", type=int)
+    f.add_argument("--address")
+    f.set_defaults(fn=cmd_flower)
+
+    u = sub.add_parser("up", help="run the whole system on this machine")
+    u.add_argument("--no-scaler", action="store_true")
+    u.add_argument("--no-flower", action="store_true")
+    u.add_argument("--var-dir", default="var", help="where a private Redis and logs live")
+    u.add_argument("--run", nargs=argparse.REMAINDER, help="run this command once the system is up, then stop")
+    u.set_defaults(fn=cmd_up)
+
+    _optional_commands(sub)
+    ns = p.parse_args(argv)
+    return ns.fn(ns) or 0
+
+
+def _optional_commands(sub) -> None:
+    """Commands whose modules register their own flags."""
+    try:
+        from inferpool.loadtest import add_loadtest_arguments, add_plot_arguments, config_from_args, plot, run_loadtest
+    except ImportError:
+        pass
+    else:
+        lt = sub.add_parser("loadtest", help="replay a workload against the API and record everything")
+        add_loadtest_arguments(lt)
+        lt.set_defaults(fn=lambda ns: (run_loadtest(config_from_args(ns)), 0)[1])
+        pl = sub.add_parser("plot", help="draw charts and an HTML report from a load test's results")
+        add_plot_arguments(pl)
+        pl.set_defaults(fn=lambda ns: (print(plot(Path(ns.results_dir))), 0)[1])
+    try:
+        from scaler.cli import add_scaler_command
+    except ImportError:
+        pass
+    else:
+        add_scaler_command(sub)
+    try:
+        from inferpool.status_view import add_status_command
+    except ImportError:
+        pass
+    else:
+        add_status_command(sub)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Every Prometheus metric inferpool exports, named once.
+
+Collection across processes uses prometheus_client's multiprocess mode: each
+uvicorn and Celery prefork process writes its samples to files under
+``PROMETHEUS_MULTIPROC_DIR`` and one collector per host sums them at scrape
+time. Pushing through a gateway or Redis would add a hop per sample; file-backed
+values cost a memory-mapped write. Cluster-wide facts (queue depth, ledger,
+workers) are read from Redis by one exporter (the scaler process), so they are
+exported once, not once per API process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
+
+# --- API -------------------------------------------------------------------
+HTTP_REQUESTS = Counter("inferpool_http_requests_total", "HTTP requests answered", ["route", "method", "status"])
+HTTP_DURATION = Histogram(
+    "inferpool_http_request_duration_seconds", "HTTP request duration", ["route", "method"], buckets=LATENCY_BUCKETS_S
+)
+JOBS_ACCEPTED = Counter("inferpool_jobs_accepted_total", "Jobs and predict requests accepted", ["route"])
+REQUESTS_SHED = Counter("inferpool_requests_shed_total", "Requests refused by backpressure", ["route", "reason"])
+BATCHER_ROWS = Histogram("inferpool_batcher_batch_rows", "Rows per micro-batch sent by the API", buckets=ROWS_BUCKETS)
+BATCHER_WAIT = Histogram(
+    "inferpool_batcher_wait_seconds",
+    "Time a request waited in the API for its batch to leave",
+    buckets=LATENCY_BUCKETS_S,
+)
+
+# --- tasks (workers) ---------------------------------------------------------
+TASKS_ENQUEUED = Counter("inferpool_tasks_enqueued_total", "Predict tasks published", ["queue"])
+TASKS_COMPLETED = Counter("inferpool_tasks_completed_total", "Predict tasks finished", ["queue", "outcome"])
+TASK_QUEUE_WAIT = Histogram(
+    "inferpool_task_queue_wait_seconds", "Enqueue to start of a task", ["queue"], buckets=LATENCY_BUCKETS_S
+)
+TASK_RUN = Histogram("inferpool_task_run_seconds", "Run time of a task", ["queue"], buckets=LATENCY_BUCKETS_S)
+TASK_ROWS = Histogram("inferpool_task_batch_rows", "Rows per task", ["queue"], buckets=ROWS_BUCKETS)
+PREDICTIONS = Counter("inferpool_predictions_total", "Predictions made", ["class_label", "model_version"])
+DUPLICATES = Counter("inferpool_task_duplicates_total", "Tasks whose results had already been written")
+
+# --- model -----------------------------------------------------------------------
+MODEL_INFO = Gauge("inferpool_model_info", "The served model", ["version", "sha256"], multiprocess_mode="max")
+
+
+def observe_task(queue: str, rows: int, wait_s: float, run_s: float, preds: Iterable, version: str) -> None:
+    TASK_QUEUE_WAIT.labels(queue=queue).observe(wait_s)
+    TASK_RUN.labels(queue=queue).observe(run_s)
+    TASK_ROWS.labels(queue=queue).observe(rows)
+    counts: dict[str, int] = {}
+    for p in preds:
+        counts[str(p)] = counts.get(str(p), 0) + 1
+    for label, n in counts.items():
+        PREDICTIONS.labels(class_label=label, model_version=version).inc(n)

@@ -1,0 +1,58 @@
+"""The system's own view, read from Redis: queues, workers and the scaler. Served at /v1/monitoring/status."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+from inferpool import keys, queues
+
+DECISIONS_SHOWN = 50
+
+
+async def live_workers(aclient) -> list[str]:
+    """Hostnames of workers whose heartbeat is fresh."""
+    now = time.time()
+    names = await aclient.zrangebyscore(keys.WORKERS, now - keys.WORKER_STALE_S, "+inf")
+    return [n.decode() for n in names]
+
+
+async def collect(aclient) -> dict:
+    snap = await queues.asnapshot(aclient)
+    names = await live_workers(aclient)
+    pipe = aclient.pipeline(transaction=False)
+    for n in names:
+        pipe.hgetall(keys.worker(n))
+    pipe.hgetall(keys.SCALER_STATE)
+    pipe.lrange(keys.SCALER_DECISIONS, 0, DECISIONS_SHOWN - 1)
+    pipe.hgetall(keys.LEDGER)
+    res = await pipe.execute()
+    workers = {}
+    for n, h in zip(names, res[: len(names)], strict=True):
+        if h:
+            workers[n] = {
+                "processes": int(h.get(b"processes", 0)),
+                "busy": int(h.get(b"busy", 0)),
+                "queues": h.get(b"queues", b"").decode().split(","),
+            }
+    scaler_h, decisions_raw, ledger_h = res[len(names) :]
+    scaler = {"desired": None, "actual": None, "decisions": []}
+    if scaler_h:
+        scaler["desired"] = int(scaler_h.get(b"desired", 0))
+        scaler["actual"] = int(scaler_h.get(b"actual", 0))
+        scaler["updated"] = float(scaler_h.get(b"updated", 0))
+    scaler["decisions"] = [orjson.loads(d) for d in reversed(decisions_raw)]
+    ledger = {k.decode(): int(v) for k, v in ledger_h.items()}
+    ledger["in_flight"] = ledger.get("accepted", 0) - ledger.get("succeeded", 0) - ledger.get("failed", 0)
+    return {
+        "time": snap.taken_at,
+        "queues": {q: {"depth": s.depth, "oldest_age_s": round(s.oldest_age_s, 4)} for q, s in snap.queues.items()},
+        "unacked": snap.unacked,
+        "unacked_oldest_age_s": round(snap.unacked_oldest_age_s, 4),
+        "workers": workers,
+        "pool_processes": sum(w["processes"] for w in workers.values()),
+        "busy_processes": sum(w["busy"] for w in workers.values()),
+        "scaler": scaler,
+        "ledger": ledger,
+    }

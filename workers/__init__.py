@@ -1,0 +1,1 @@
+"""Celery workers: the app, the predict task, per-process model runtime and heartbeats."""

@@ -1,0 +1,70 @@
+"""The Celery app, configured once from :class:`inferpool.settings.Settings`.
+
+Delivery choices (see README, "Delivery"):
+
+* ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acked only
+  after its task ran, and a child killed mid-task puts it straight back, so a
+  crash costs a re-run, never a lost job (results are written idempotently).
+* ``visibility_timeout`` (``INFERPOOL_VISIBILITY_TIMEOUT_S``, 60 s): if a whole
+  worker host dies, its unacked messages return to the queue after this long.
+  It must exceed the longest task, so tasks get a hard ``task_time_limit``
+  below it; otherwise a slow task would be delivered twice while still running.
+* ``result_expires`` (``INFERPOOL_RESULT_TTL_S``, 1 h): Celery's own results;
+  predictions live in inferpool's keys with the same TTL.
+* JSON only: the broker never carries pickles.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from inferpool import keys
+from inferpool.settings import Settings, get_settings
+
+
+def celery_config(s: Settings) -> dict:
+    return {
+        "broker_url": s.redis_url,
+        "result_backend": s.redis_url,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "event_serializer": "json",
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_time_limit": s.task_time_limit_s,
+        "result_expires": s.result_ttl_s,
+        "task_ignore_result": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_default_queue": keys.QUEUE_ONLINE,
+        "task_create_missing_queues": True,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": 2,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Fail a publish fast when Redis is gone: the API answers 503 rather than hang.
+        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
+        "broker_transport_options": {
+            "visibility_timeout": s.visibility_timeout_s,
+            "unacked_restore_interval": s.restore_interval_s,
+            "unacked_restore_throttle": 1,
+            "socket_connect_timeout": 2,
+            "socket_timeout": 10,
+            "health_check_interval": 10,
+        },
+        "result_backend_transport_options": {"socket_connect_timeout": 2, "socket_timeout": 10},
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+    }
+
+
+def make_app(s: Settings | None = None) -> Celery:
+    app = Celery("inferpool")
+    app.conf.update(celery_config(s or get_settings()))
+    app.conf.imports = ("workers.tasks", "workers.heartbeat")
+    return app
+
+
+app = make_app()

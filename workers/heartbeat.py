@@ -1,0 +1,67 @@
+"""Worker heartbeats in Redis: pool size, busy processes and queues, every second.
+
+Written by the worker's main process, which knows its pool and its active
+requests; the key expires so a vanished worker drops out of every view.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+from celery.signals import worker_ready, worker_shutdown
+from celery.worker import state as worker_state
+
+from inferpool import keys
+from inferpool.redis_client import sync_client
+from inferpool.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_S = 1.0
+_stop = threading.Event()
+
+
+def _beat(consumer: Any) -> None:
+    s = get_settings()
+    client = sync_client(s.redis_url)
+    name = consumer.hostname
+    queues = ",".join(q.name for q in consumer.task_consumer.queues) if consumer.task_consumer else ""
+    while not _stop.wait(HEARTBEAT_S):
+        try:
+            now = time.time()
+            pool = consumer.pool
+            processes = len(pool._pool._pool) if hasattr(pool, "_pool") and pool._pool else pool.num_processes
+            pipe = client.pipeline(transaction=False)
+            pipe.hset(
+                keys.worker(name),
+                mapping={
+                    "processes": processes, "busy": len(worker_state.active_requests), "queues": queues,
+                    "pid": os.getpid(), "host": socket.gethostname(), "updated": now,
+                },
+            )  # fmt: skip
+            pipe.expire(keys.worker(name), int(keys.WORKER_STALE_S) * 2)
+            pipe.zadd(keys.WORKERS, {name: now})
+            pipe.zremrangebyscore(keys.WORKERS, 0, now - 3600)
+            pipe.execute()
+        except Exception as exc:  # Redis restarting: keep beating once it is back.
+            logger.debug("heartbeat failed: %s", exc)
+    try:
+        client.zrem(keys.WORKERS, name)
+        client.delete(keys.worker(name))
+    except Exception:
+        pass
+
+
+@worker_ready.connect
+def _start(sender: Any = None, **_: Any) -> None:
+    threading.Thread(target=_beat, args=(sender,), name="inferpool-heartbeat", daemon=True).start()
+
+
+@worker_shutdown.connect
+def _shutdown(**_: Any) -> None:
+    _stop.set()

@@ -1,0 +1,46 @@
+"""What each worker process holds: the model (loaded once), its manifest and a Redis client."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery.signals import worker_process_init
+
+from inferpool.model_store import Manifest, load_model
+from inferpool.redis_client import sync_client
+from inferpool.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    model: Any
+    manifest: Manifest
+    redis: redis.Redis
+
+
+_runtime: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    """The process's runtime, loading the model on first use (prefork children load it at init)."""
+    global _runtime
+    if _runtime is None:
+        s = get_settings()
+        model, manifest = load_model(s.model_dir)
+        _runtime = Runtime(model=model, manifest=manifest, redis=sync_client(s.redis_url))
+        logger.info("model %s loaded (%s, %d features)", manifest.version, manifest.estimator, manifest.n_features)
+    return _runtime
+
+
+@worker_process_init.connect
+def _load_in_child(**_: Any) -> None:
+    # A failed load here would kill the child in a loop; log and let the first task report it.
+    try:
+        get_runtime()
+    except Exception:
+        logger.exception("model failed to load in worker process")

@@ -1,0 +1,162 @@
+"""The predict task: one message, one model call, results written back idempotently.
+
+A message carries either its rows inline (base64 float32, for micro-batches
+and single requests) or a reference to a job chunk stored in Redis. Task
+arguments never include rows in their repr, so Flower and the event stream
+show sizes only (see ``inferpool.dispatch``).
+
+At-least-once execution, exactly-once results: a redelivered task recomputes
+the same predictions and overwrites the same keys; the first completion alone
+moves the job's counters and the ledger (SET NX / SADD decide which is first),
+later ones count as duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import orjson
+
+from inferpool import codec, drift, keys, metrics
+from inferpool.settings import get_settings
+from workers.app import app
+from workers.runtime import get_runtime
+
+logger = logging.getLogger(__name__)
+
+# KEYS: job hash, done set, ledger; ARGV: chunk, rows, ttl, now, queue_wait, run_s
+_FINISH_CHUNK = """
+local added = redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+if added == 0 then
+  redis.call('HINCRBY', KEYS[3], 'duplicates', 1)
+  return -1
+end
+redis.call('HINCRBY', KEYS[1], 'rows_done', ARGV[2])
+redis.call('HINCRBYFLOAT', KEYS[1], 'queue_wait_sum_s', ARGV[5])
+redis.call('HINCRBYFLOAT', KEYS[1], 'run_sum_s', ARGV[6])
+local done = redis.call('HINCRBY', KEYS[1], 'chunks_done', 1)
+local total = tonumber(redis.call('HGET', KEYS[1], 'n_chunks'))
+if done == total and redis.call('HGET', KEYS[1], 'status') ~= 'failed' then
+  redis.call('HSET', KEYS[1], 'status', 'succeeded', 'finished', ARGV[4])
+  redis.call('HINCRBY', KEYS[3], 'succeeded', 1)
+end
+return done
+"""
+
+# KEYS: job hash; ARGV: now. Moves queued -> running, never back from an end state.
+_START_CHUNK = """
+if redis.call('HGET', KEYS[1], 'status') == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'running', 'started', ARGV[1])
+end
+return 1
+"""
+
+# KEYS: job hash, ledger; ARGV: error, now
+_FAIL_JOB = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if st == 'succeeded' or st == 'failed' or not st then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[1], 'finished', ARGV[2])
+redis.call('HINCRBY', KEYS[2], 'failed', 1)
+return 1
+"""
+
+
+def _enqueued_at(request: Any) -> float | None:
+    value = getattr(request, keys.ENQUEUED_HEADER, None)
+    if value is None and request.headers:
+        value = request.headers.get(keys.ENQUEUED_HEADER)
+    return float(value) if value is not None else None
+
+
+@app.task(name="inferpool.predict", bind=True, ignore_result=True)
+def predict(self: Any, spec: dict[str, Any]) -> None:
+    """Run the model on one message's rows; ``spec`` is built by ``inferpool.dispatch``."""
+    started = time.time()
+    enqueued = _enqueued_at(self.request) or started
+    queue = spec.get("queue", "")
+    rt = get_runtime()
+    s = get_settings()
+    job_id = spec.get("job")
+    if job_id:
+        rt.redis.eval(_START_CHUNK, 1, keys.job(job_id), started)
+    try:
+        rows = _load_rows(spec, rt)
+        preds = rt.model.predict(rows)
+        if spec.get("work_ms"):
+            # Simulated extra inference time: it occupies this process, as real compute would.
+            time.sleep(spec["work_ms"] / 1000.0)
+    except Exception as exc:
+        metrics.TASKS_COMPLETED.labels(queue=queue, outcome="failure").inc()
+        logger.exception("predict failed id=%s job=%s", spec.get("id"), job_id)
+        _report_failure(spec, rt, f"{type(exc).__name__}: {exc}")
+        return
+    finished = time.time()
+    wait_s, run_s = max(0.0, started - enqueued), finished - started
+    if job_id:
+        _finish_chunk(spec, rt, preds, wait_s, run_s, finished, s.result_ttl_s)
+    else:
+        _finish_inline(spec, rt, preds, enqueued, started, finished, s.result_ttl_s)
+    metrics.observe_task(queue, rows.shape[0], wait_s, run_s, preds, rt.manifest.version)
+    drift.record(rt.redis, rows, preds, s.drift_sample_rate, s.drift_window)
+    logger.debug(
+        "predict done id=%s job=%s rows=%d wait_s=%.4f run_s=%.4f model=%s",
+        spec.get("id"), job_id, rows.shape[0], wait_s, run_s, rt.manifest.version,
+    )  # fmt: skip
+
+
+def _load_rows(spec: dict[str, Any], rt: Any) -> Any:
+    n_features = rt.manifest.n_features
+    if "rows" in spec:
+        return codec.rows_from_b64(spec["rows"], n_features)
+    data = rt.redis.get(keys.job_input(spec["job"], spec["chunk"]))
+    if data is None:
+        raise LookupError(f"input of job {spec['job']} chunk {spec['chunk']} has expired")
+    return codec.rows_from_bytes(data, n_features)
+
+
+def _finish_chunk(spec: dict, rt: Any, preds: Any, wait_s: float, run_s: float, now: float, ttl: int) -> None:
+    job_id, chunk = spec["job"], spec["chunk"]
+    pipe = rt.redis.pipeline(transaction=False)
+    pipe.set(keys.job_output(job_id, chunk), codec.preds_to_bytes(preds), ex=ttl)
+    pipe.eval(
+        _FINISH_CHUNK, 3, keys.job(job_id), keys.job_done_chunks(job_id), keys.LEDGER,
+        chunk, len(preds), ttl, now, wait_s, run_s,
+    )  # fmt: skip
+    done = pipe.execute()[1]
+    if done == -1:
+        metrics.DUPLICATES.inc()
+    metrics.TASKS_COMPLETED.labels(queue=spec.get("queue", ""), outcome="success").inc()
+
+
+def _finish_inline(spec: dict, rt: Any, preds: Any, enq: float, start: float, end: float, ttl: int) -> None:
+    payload = orjson.dumps(
+        {"id": spec["id"], "p": preds.tolist(), "v": rt.manifest.version, "enq": enq, "start": start, "end": end}
+    )
+    # SET NX decides the first completion: only it counts in the ledger.
+    first = rt.redis.set(keys.batch_result(spec["id"]), payload, ex=ttl, nx=True)
+    pipe = rt.redis.pipeline(transaction=False)
+    if first:
+        pipe.hincrby(keys.LEDGER, "succeeded", spec.get("reqs", 1))
+    else:
+        pipe.hincrby(keys.LEDGER, "duplicates", 1)
+        metrics.DUPLICATES.inc()
+    if spec.get("reply"):
+        pipe.rpush(spec["reply"], payload)
+        pipe.expire(spec["reply"], 300)
+    pipe.execute()
+    metrics.TASKS_COMPLETED.labels(queue=spec.get("queue", ""), outcome="success").inc()
+
+
+def _report_failure(spec: dict, rt: Any, error: str) -> None:
+    s = get_settings()
+    if spec.get("job"):
+        rt.redis.eval(_FAIL_JOB, 2, keys.job(spec["job"]), keys.LEDGER, error, time.time())
+        return
+    payload = orjson.dumps({"id": spec["id"], "error": error})
+    if rt.redis.set(keys.batch_result(spec["id"]), payload, ex=s.result_ttl_s, nx=True):
+        rt.redis.hincrby(keys.LEDGER, "failed", spec.get("reqs", 1))
+    if spec.get("reply"):
+        rt.redis.rpush(spec["reply"], payload)
