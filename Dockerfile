@@ -1,0 +1,15 @@
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    INFERPOOL_MODEL_DIR=/models PROMETHEUS_MULTIPROC_DIR=/tmp/inferpool-metrics
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY inferpool ./inferpool
+COPY api ./api
+COPY workers ./workers
+COPY scaler ./scaler
+RUN pip install . && useradd --create-home --uid 10001 inferpool \
+    && mkdir -p /models /tmp/inferpool-metrics && chown inferpool /models /tmp/inferpool-metrics
+USER inferpool
+EXPOSE 8000 5555 9808 9809
+CMD ["inferpool", "api"]
