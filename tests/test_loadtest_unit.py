@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import json
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -18,7 +20,7 @@ from inferpool.loadtest.mix import parse_mix
 from inferpool.loadtest.profile import Arrivals, ProfileKind, build_profile, parse_profile
 from inferpool.loadtest.records import RequestRecord
 from inferpool.loadtest.routes import N_FEATURES, Payloads
-from inferpool.loadtest.sampler import parse_status
+from inferpool.loadtest.sampler import StatusSampler, parse_status
 
 
 def per_second_counts(times: np.ndarray, duration_s: float) -> np.ndarray:
@@ -230,6 +232,7 @@ def test_per_second_rows_add_up_to_the_totals() -> None:
     assert summary["accounting"] == {"sent": 9, "ok_errors_timeouts": 9, "balanced": True}
     assert rows[1].error_rate == pytest.approx(1 / 2) and rows[2].error_rate == pytest.approx(2 / 4)
     assert rows[3].error_rate is None and rows[3].p50_s is None
+    assert rows[0].p99_work0_s == pytest.approx(0.010)  # the work=50 and work=200 answers are left out
 
 
 def test_summary_rates_and_percentiles() -> None:
@@ -276,3 +279,33 @@ def test_status_document_is_summed_and_decisions_kept() -> None:
     assert decisions == [rec.Decision(5.0, 1005.0, "up", 4, 5, "wait 0.4 s")]
     empty, none = parse_status({"scaler": {"desired": None}}, 1.0, 0.0)
     assert empty.ok and empty.queue_depth is None and empty.scaler_desired is None and none == []
+
+
+def test_sampler_deduplicates_decisions_and_survives_failures() -> None:
+    decision = {"t": 1002.0, "direction": "down", "reason": "idle", "from": 3, "to": 2}
+    answers = iter(
+        [
+            httpx.Response(200, json={"scaler": {"desired": 2, "decisions": [decision]}}),
+            httpx.Response(503, json={"detail": "redis down"}),
+            httpx.Response(200, content=b"not json"),
+            httpx.Response(200, json={"scaler": {"desired": 2, "decisions": [decision, {**decision, "t": 1003.0}]}}),
+        ]
+    )
+    seen_headers: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen_headers.append(request.headers.get("X-API-Key"))
+        return next(answers)
+
+    async def sample_four() -> StatusSampler:
+        sampler = StatusSampler("http://127.0.0.1:1/v1/monitoring/status", start_epoch=1000.0, clock=lambda: 0.0)
+        transport = httpx.MockTransport(handler)
+        async with httpx.AsyncClient(transport=transport, headers={"X-API-Key": "k"}) as client:
+            for _ in range(4):
+                await sampler.sample(client)
+        return sampler
+
+    sampler = asyncio.run(sample_four())
+    assert [s.ok for s in sampler.samples] == [True, False, False, True]
+    assert sorted(d.t_s for d in sampler.decisions.values()) == [2.0, 3.0]
+    assert seen_headers == ["k"] * 4

@@ -152,13 +152,41 @@ def add_loadtest_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"{kinds}[:FACTOR] or csv:PATH (rows second,rate). step: x3 in the middle third; "
         "spike: x5 for 10%% of the run from 40%%; ramp: rate up to x3 (default constant)",
     )
-    a("--route", type=Route, choices=list(Route), default=Route.PREDICT, help="predict | compat | jobs")
+    a(
+        "--route",
+        type=Route,
+        choices=list(Route),
+        default=Route.PREDICT,
+        help="predict: POST /v1/predict; compat: POST /predict (one row); jobs: POST /v1/jobs, poll until done",
+    )
     a("--out", type=Path, default=None, help="results directory (default results/<timestamp>)")
-    a("--arrivals", type=Arrivals, choices=list(Arrivals), default=Arrivals.POISSON, help="default poisson")
-    a("--max-in-flight", type=_number(int, 1), default=DEFAULT_MAX_IN_FLIGHT, help="arrivals over it are dropped")
-    a("--timeout", type=_number(float, 0, inclusive=False), default=DEFAULT_TIMEOUT_S, help="per request, s")
+    a(
+        "--arrivals",
+        type=Arrivals,
+        choices=list(Arrivals),
+        default=Arrivals.POISSON,
+        help="poisson (default) or evenly spaced",
+    )
+    a(
+        "--max-in-flight",
+        type=_number(int, 1),
+        default=DEFAULT_MAX_IN_FLIGHT,
+        help="open requests at most; arrivals over it are recorded as dropped (default %(default)s)",
+    )
+    a(
+        "--timeout",
+        type=_number(float, 0, inclusive=False),
+        default=DEFAULT_TIMEOUT_S,
+        help="per request, s; a job's covers submit to result (default %(default)g)",
+    )
     a("--rows", type=_number(int, 1), default=1, help="rows per request (default 1)")
-    a("--features", type=Features, choices=list(Features), default=Features.RANDOM, help="default random")
+    a(
+        "--features",
+        type=Features,
+        choices=list(Features),
+        default=Features.RANDOM,
+        help="random: standard normal per row; fixed: one constant row (default random)",
+    )
     a("--seed", type=int, default=None, help="seed for arrivals, mix and features")
     a("--plot", action="store_true", help="also draw charts and report.html at the end")
     a("--api-key", default=None, help="sent as X-API-Key")

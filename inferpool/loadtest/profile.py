@@ -176,18 +176,28 @@ def build_profile(spec: ProfileSpec, rate: float, duration_s: float | None) -> P
         assert spec.path is not None
         return _csv_profile(spec.path, duration_s)
     d = DEFAULT_DURATION_S if duration_s is None else duration_s
+    # Round boundaries to the microsecond (0.4 * 12 is 4.800000000000001) and drop what that empties.
+    phases = [
+        Phase(p.name, round(p.start_s, 6), round(p.end_s, 6), p.rate_start, p.rate_end)
+        for p in _builtin_phases(spec, rate, d)
+        if round(p.end_s, 6) > round(p.start_s, 6)
+    ]
+    if not phases:
+        raise SpecError(f"--duration {d:g} s is too short")
+    return Profile(tuple(phases))
+
+
+def _builtin_phases(spec: ProfileSpec, rate: float, d: float) -> tuple[Phase, ...]:
     if d <= 0:
         raise SpecError(f"--duration must be > 0, got {d:g}")
     if spec.kind is ProfileKind.CONSTANT:
-        return Profile((Phase("constant", 0.0, d, rate, rate),))
+        return (Phase("constant", 0.0, d, rate, rate),)
     if spec.kind is ProfileKind.STEP:
         high = rate * (STEP_FACTOR if spec.factor is None else spec.factor)
-        return Profile(
-            (
-                Phase("before", 0.0, d / 3, rate, rate),
-                Phase("step", d / 3, 2 * d / 3, high, high),
-                Phase("after", 2 * d / 3, d, rate, rate),
-            )
+        return (
+            Phase("before", 0.0, d / 3, rate, rate),
+            Phase("step", d / 3, 2 * d / 3, high, high),
+            Phase("after", 2 * d / 3, d, rate, rate),
         )
     if spec.kind is ProfileKind.SPIKE:
         high = rate * (SPIKE_FACTOR if spec.factor is None else spec.factor)
@@ -196,9 +206,9 @@ def build_profile(spec: ProfileSpec, rate: float, duration_s: float | None) -> P
         phases = [Phase("before", 0.0, start, rate, rate), Phase("spike", start, end, high, high)]
         if end < d:
             phases.append(Phase("after", end, d, rate, rate))
-        return Profile(tuple(phases))
+        return tuple(phases)
     high = rate * (RAMP_FACTOR if spec.factor is None else spec.factor)
-    return Profile((Phase("ramp", 0.0, d, rate, high),))
+    return (Phase("ramp", 0.0, d, rate, high),)
 
 
 def _csv_profile(path: Path, duration_s: float | None) -> Profile:

@@ -89,6 +89,7 @@ class SecondRow:
     p50_s: float | None
     p95_s: float | None
     p99_s: float | None
+    p99_work0_s: float | None  # light requests only: queueing without simulated work
     error_rate: float | None  # (errors + timeouts) / sent
 
 
@@ -130,6 +131,7 @@ def per_second(records: Iterable[RequestRecord]) -> list[SecondRow]:
     counts: dict[str, Counter[int]] = {k: Counter() for k in ("offered", "sent", "dropped", "ok", "errors", "timeouts")}
     completed: Counter[int] = Counter()
     latencies: dict[int, list[float]] = {}
+    light: dict[int, list[float]] = {}
     last = 0
     for r in records:
         s = int(r.scheduled_s)
@@ -143,6 +145,8 @@ def per_second(records: Iterable[RequestRecord]) -> list[SecondRow]:
         if kind is Outcome.OK:
             counts["ok"][s] += 1
             latencies.setdefault(s, []).append(r.latency_s or 0.0)
+            if r.work_ms == 0:
+                light.setdefault(s, []).append(r.latency_s or 0.0)
             done = int(r.done_s or r.scheduled_s)
             completed[done] += 1
             last = max(last, done)
@@ -156,7 +160,19 @@ def per_second(records: Iterable[RequestRecord]) -> list[SecondRow]:
         p50, p95, p99 = percentiles(latencies.get(s, []))
         bad = c["errors"] + c["timeouts"]
         error_rate = bad / c["sent"] if c["sent"] else None
-        rows.append(SecondRow(s, **c, completed=completed[s], p50_s=p50, p95_s=p95, p99_s=p99, error_rate=error_rate))
+        p99_work0 = percentiles(light.get(s, []))[2]
+        rows.append(
+            SecondRow(
+                s,
+                **c,
+                completed=completed[s],
+                p50_s=p50,
+                p95_s=p95,
+                p99_s=p99,
+                p99_work0_s=p99_work0,
+                error_rate=error_rate,
+            )
+        )
     return rows
 
 

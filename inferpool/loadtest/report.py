@@ -18,6 +18,7 @@ from typing import Any
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from inferpool.loadtest import records as rec
 
@@ -28,6 +29,10 @@ DPI = 110
 MAX_SHADED_PHASES = 12
 PHASE_COLOURS = ("#4c72b0", "#dd8452")
 UP_COLOUR, DOWN_COLOUR = "#2a9d40", "#c03030"
+# Draw the timeout line only once p99 comes within this fraction of it.
+TIMEOUT_LINE_FRACTION = 0.3
+MAX_DECISION_LABELS = 20
+STEPS = "steps-mid"  # per-second values drawn as one flat step across their second
 
 
 @dataclass
@@ -82,7 +87,9 @@ def _shade_phases(ax: Axes, data: RunData, label: bool) -> None:
         ax.axvspan(p["start_s"], p["end_s"], color=PHASE_COLOURS[i % 2], alpha=0.07, lw=0)
         if label:
             mid = (p["start_s"] + p["end_s"]) / 2
-            ax.text(mid, 1.0, p["name"], transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8)
+            ax.text(mid, 1.01, p["name"], transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8)
+    if label and phases:  # lift the title above the row of phase names
+        ax.set_title(ax.get_title(loc="left"), loc="left", fontsize=10, pad=16)
     stopped = data.phases.get("stopped_at_s")
     if stopped is not None:
         ax.axvline(stopped, color="black", ls=":", lw=1)
@@ -104,10 +111,10 @@ def draw_rate(ax: Axes, data: RunData) -> None:
         _no_data(ax, "requests")
     else:
         x = _mid(s)
-        ax.plot(x, _nan(s["offered"]), label="offered", color="#4c72b0")
-        ax.plot(x, _nan(s["completed"]), label="completed ok", color="#2a9d40")
+        ax.plot(x, _nan(s["offered"]), label="offered", color="#4c72b0", ds=STEPS)
+        ax.plot(x, _nan(s["completed"]), label="completed ok", color="#2a9d40", ds=STEPS)
         if any(s["dropped"]):
-            ax.plot(x, _nan(s["dropped"]), label="dropped (over in-flight cap)", color="#c03030")
+            ax.plot(x, _nan(s["dropped"]), label="dropped (over in-flight cap)", color="#c03030", ds=STEPS)
     ax.set_ylabel("requests/s")
     ax.set_ylim(bottom=0)
     ax.legend(loc="upper right", fontsize=8)
@@ -123,11 +130,18 @@ def draw_latency(ax: Axes, data: RunData) -> None:
         return
     for (k, v), colour in zip(series.items(), ("#4c72b0", "#dd8452", "#c03030"), strict=True):
         ax.plot(_mid(s), v, label=k, color=colour)
+    light = _nan(s.get("p99_work0_s", []), 1000.0)
+    if any(math.isfinite(v) for v in light):
+        ax.plot(_mid(s), light, label="p99, work=0 only", color="#8c564b", ls=":", lw=1.5)
     timeout_s = data.summary.get("config", {}).get("timeout_s")
-    if timeout_s:
+    worst = max((v for v in series["p99"] if math.isfinite(v)), default=0.0)
+    if timeout_s and worst >= timeout_s * 1000 * TIMEOUT_LINE_FRACTION:  # else it only squashes the axis
         ax.axhline(timeout_s * 1000, color="grey", ls=":", lw=1, label="timeout")
     if all(v > 0 for v in series["p50"] if math.isfinite(v)):
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.legend(loc="upper right", fontsize=8)
 
 
@@ -139,8 +153,8 @@ def draw_errors(ax: Axes, data: RunData) -> None:
         _no_data(ax, "requests")
         return
     drop = [100 * d / o if o else math.nan for d, o in zip(s["dropped"], s["offered"], strict=True)]
-    ax.plot(_mid(s), _nan(s["error_rate"], 100.0), label="errors + timeouts", color="#c03030")
-    ax.plot(_mid(s), drop, label="dropped", color="#8c564b", ls="--")
+    ax.plot(_mid(s), _nan(s["error_rate"], 100.0), label="errors + timeouts", color="#c03030", ds=STEPS)
+    ax.plot(_mid(s), drop, label="dropped", color="#8c564b", ls="--", ds=STEPS)
     top = max([v for v in _nan(s["error_rate"], 100.0) + drop if math.isfinite(v)], default=0.0)
     ax.set_ylim(0, max(5.0, top * 1.1))
     ax.legend(loc="upper right", fontsize=8)
@@ -161,6 +175,8 @@ def draw_queue(ax: Axes, data: RunData) -> None:
     depth.plot(sy["t_s"], _nan(sy["queue_depth"]), color="#4c72b0", label="depth (messages)")
     depth.set_ylabel("depth (messages)", color="#4c72b0")
     depth.set_ylim(bottom=0)
+    ax.set_zorder(depth.get_zorder() + 1)  # the wait is the headline: draw it over the depth
+    ax.patch.set_visible(False)
     lines = ax.get_lines() + depth.get_lines()
     ax.legend(lines, [str(line.get_label()) for line in lines], loc="upper right", fontsize=8)
 
@@ -174,14 +190,18 @@ def draw_pool(ax: Axes, data: RunData) -> None:
         ax.step(sy["t_s"], _nan(sy["pool_processes"]), where="post", color="#4c72b0", label="pool processes")
         ax.plot(sy["t_s"], _nan(sy["busy"]), color="#8c8c8c", lw=1, label="busy")
         ax.step(sy["t_s"], _nan(sy["scaler_desired"]), where="post", color="#dd8452", ls="--", label="scaler desired")
-    for t, direction, to in zip(dec.get("t_s", []), dec.get("direction", []), dec.get("to", []), strict=True):
-        if t is None or not 0 <= t <= data.x_max:
-            continue
+    cols = ("t_s", "direction", "from", "to")
+    shown = [
+        d for d in zip(*(dec.get(c, []) for c in cols), strict=True) if d[0] is not None and 0 <= d[0] <= data.x_max
+    ]
+    for t, direction, from_, to in shown:
         up = direction == "up"
         colour = UP_COLOUR if up else DOWN_COLOUR
         ax.axvline(t, color=colour, alpha=0.35, lw=1)
         if to is not None:
             ax.plot([t], [to], marker="^" if up else "v", color=colour, ms=8, ls="none")
+            if len(shown) <= MAX_DECISION_LABELS and from_ is not None:
+                ax.annotate(f"{from_:.0f}→{to:.0f}", (t, to), xytext=(4, 4), textcoords="offset points", fontsize=7)
     if not has_pool and not dec:
         _no_data(ax, "status samples")
         return
@@ -235,6 +255,8 @@ def plot(results_dir: Path) -> Path:
 def _fmt(v: Any, scale: float = 1.0, unit: str = "") -> str:
     if v is None:
         return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
     if isinstance(v, float):
         return f"{v * scale:,.1f}{unit}"
     return f"{v:,}{unit}" if isinstance(v, int) else str(v)

@@ -72,15 +72,16 @@ class LoadRun:
         headers = {"X-API-Key": self.config.api_key} if self.config.api_key else {}
         n = self.config.max_in_flight
         limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+        client = httpx.AsyncClient(
+            base_url=self.config.base_url, headers=headers, limits=limits, timeout=self.config.timeout_s
+        )
         try:
-            async with httpx.AsyncClient(
-                base_url=self.config.base_url, headers=headers, limits=limits, timeout=self.config.timeout_s
-            ) as client:
+            async with client, StatusSampler.client(headers) as status_client:
                 self._t0, self.start_epoch = loop.time(), time.time()
-                sampler = StatusSampler(self.config.resolved_status_url, headers, self.start_epoch, self.clock)
+                sampler = StatusSampler(self.config.resolved_status_url, self.start_epoch, self.clock)
                 sampler_done = asyncio.Event()
                 side_tasks = [
-                    asyncio.create_task(sampler.run(sampler_done)),
+                    asyncio.create_task(sampler.run(status_client, sampler_done)),
                     asyncio.create_task(self._progress(sampler_done)),
                 ]
                 await self._generate(client)
@@ -202,6 +203,13 @@ def _install_signal_handlers(loop: asyncio.AbstractEventLoop, handler: Any) -> A
     return restore
 
 
+def quiet_httpx() -> None:
+    """httpx logs every request at INFO: thousands of lines a second here, and CPU the generator needs."""
+    httpx_logger = logging.getLogger("httpx")
+    if httpx_logger.level == logging.NOTSET:
+        httpx_logger.setLevel(logging.WARNING)
+
+
 def run_loadtest(config: LoadtestConfig) -> Path:
     """Run one load test and write its results; returns the results directory."""
     out = config.resolved_out_dir()
@@ -210,6 +218,7 @@ def run_loadtest(config: LoadtestConfig) -> Path:
     seed = config.seed if config.seed is not None else secrets.randbits(32)
     stream = sys.stderr if config.progress else None
     run = LoadRun(config, profile, seed, stream)
+    quiet_httpx()
     logger.info(
         "load test: %d arrivals over %.0f s at %.1f req/s mean", len(run.times), profile.duration_s, profile.mean_rate()
     )

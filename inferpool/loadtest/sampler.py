@@ -72,23 +72,28 @@ def parse_status(data: dict[str, Any], t_s: float, start_epoch: float) -> tuple[
 class StatusSampler:
     """Collects samples and de-duplicated decisions until ``stop`` is set."""
 
-    def __init__(self, url: str, headers: dict[str, str], start_epoch: float, clock: Callable[[], float]) -> None:
-        self.url, self.headers, self.start_epoch, self.clock = url, headers, start_epoch, clock
+    def __init__(self, url: str, start_epoch: float, clock: Callable[[], float]) -> None:
+        self.url, self.start_epoch, self.clock = url, start_epoch, clock
         self.samples: list[SystemSample] = []
         self.decisions: dict[tuple[float, str, int | None, int | None], Decision] = {}
         self._failures = 0
 
-    async def run(self, stop: asyncio.Event) -> None:
-        async with httpx.AsyncClient(timeout=SAMPLE_TIMEOUT_S, headers=self.headers) as client:
-            tick = 0
-            while not stop.is_set():
-                await self.sample(client)
-                tick += 1
-                delay = tick * SAMPLE_INTERVAL_S - self.clock()
-                if delay > 0:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), delay)
-            await self.sample(client)  # one last look after the load ended
+    @staticmethod
+    def client(headers: dict[str, str]) -> httpx.AsyncClient:
+        """A client of its own, so samples never queue behind the load's connection cap; make it before
+        the run's clock starts (building one costs ~20 ms of TLS setup)."""
+        return httpx.AsyncClient(timeout=SAMPLE_TIMEOUT_S, headers=headers)
+
+    async def run(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
+        tick = 0
+        while not stop.is_set():
+            await self.sample(client)
+            tick += 1
+            delay = tick * SAMPLE_INTERVAL_S - self.clock()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+        await self.sample(client)  # one last look after the load ended
 
     async def sample(self, client: httpx.AsyncClient) -> None:
         t_s = self.clock()
