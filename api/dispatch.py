@@ -62,20 +62,15 @@ class Dispatcher:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
         self._sync = sync_client(redis_url)
         self._blocking = async_client(redis_url, blocking=True)
+        self._async = async_client(redis_url)
+        self._background: set[asyncio.Task] = set()
         self._waiting: dict[str, asyncio.Future[Reply]] = {}
         self._reader: asyncio.Task | None = None
         self._stopping = False
 
     # --- publishing -----------------------------------------------------------
-    def _publish_sync(self, task_id: str, spec: dict[str, Any], queue: str, pending_marker: bool) -> None:
+    def _publish_sync(self, task_id: str, spec: dict[str, Any], queue: str) -> None:
         try:
-            if pending_marker:
-                # The marker lets GET /v1/jobs answer "queued" before the result exists;
-                # requests count as accepted in the ledger when their task is published.
-                pipe = self._sync.pipeline(transaction=False)
-                pipe.set(keys.batch_result(task_id) + ":pending", time.time(), ex=self._ttl)
-                pipe.hincrby(keys.LEDGER, "accepted", spec.get("reqs", 1))
-                pipe.execute()
             self.celery.send_task(
                 TASK_NAME,
                 args=[spec],
@@ -90,9 +85,22 @@ class Dispatcher:
             raise BrokerUnavailable(f"cannot reach Redis: {type(exc).__name__}") from exc
         metrics.TASKS_ENQUEUED.labels(queue=queue).inc()
 
-    async def publish(self, task_id: str, spec: dict[str, Any], queue: str, pending_marker: bool = False) -> None:
+    async def publish(self, task_id: str, spec: dict[str, Any], queue: str) -> None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, self._publish_sync, task_id, spec, queue, pending_marker)
+        await loop.run_in_executor(self._pool, self._publish_sync, task_id, spec, queue)
+
+    async def _mark_pending(self, task_id: str, reqs: int) -> None:
+        """Let GET /v1/jobs answer "queued" before the result exists, and count the requests as accepted.
+
+        Kept off the latency path: it runs beside the task, not before it.
+        """
+        try:
+            pipe = self._async.pipeline(transaction=False)
+            pipe.set(keys.batch_result(task_id) + ":pending", time.time(), ex=self._ttl)
+            pipe.hincrby(keys.LEDGER, "accepted", reqs)
+            await pipe.execute()
+        except Exception as exc:
+            logger.warning("could not mark task %s pending: %s", task_id, type(exc).__name__)
 
     async def publish_rows(self, rows: np.ndarray, work_ms: int, queue: str, reqs: int) -> tuple[str, asyncio.Future]:
         """Send rows inline as one task; the returned future resolves with its Reply."""
@@ -104,10 +112,13 @@ class Dispatcher:
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._waiting[task_id] = fut
         try:
-            await self.publish(task_id, spec, queue, pending_marker=True)
+            await self.publish(task_id, spec, queue)
         except BaseException:
             self._waiting.pop(task_id, None)
             raise
+        marker = asyncio.get_running_loop().create_task(self._mark_pending(task_id, reqs))
+        self._background.add(marker)
+        marker.add_done_callback(self._background.discard)
         return task_id, fut
 
     def forget(self, task_id: str) -> None:
@@ -148,5 +159,6 @@ class Dispatcher:
             if not fut.done():
                 fut.cancel()
         await self._blocking.aclose()
+        await self._async.aclose()
         self._sync.close()
         self._pool.shutdown(wait=False, cancel_futures=True)

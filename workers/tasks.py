@@ -46,6 +46,21 @@ end
 return done
 """
 
+# KEYS: result key, ledger, reply list (or "" when none); ARGV: payload, ttl, requests.
+# One round trip: the answer goes out first, the first completion alone counts in the ledger.
+_FINISH_INLINE = """
+if KEYS[3] ~= '' then
+  redis.call('RPUSH', KEYS[3], ARGV[1])
+  redis.call('EXPIRE', KEYS[3], 300)
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then
+  redis.call('HINCRBY', KEYS[2], 'succeeded', ARGV[3])
+  return 1
+end
+redis.call('HINCRBY', KEYS[2], 'duplicates', 1)
+return 0
+"""
+
 # KEYS: job hash; ARGV: now. Moves queued -> running, never back from an end state.
 _START_CHUNK = """
 if redis.call('HGET', KEYS[1], 'status') == 'queued' then
@@ -135,18 +150,12 @@ def _finish_inline(spec: dict, rt: Any, preds: Any, enq: float, start: float, en
     payload = orjson.dumps(
         {"id": spec["id"], "p": preds.tolist(), "v": rt.manifest.version, "enq": enq, "start": start, "end": end}
     )
-    # SET NX decides the first completion: only it counts in the ledger.
-    first = rt.redis.set(keys.batch_result(spec["id"]), payload, ex=ttl, nx=True)
-    pipe = rt.redis.pipeline(transaction=False)
-    if first:
-        pipe.hincrby(keys.LEDGER, "succeeded", spec.get("reqs", 1))
-    else:
-        pipe.hincrby(keys.LEDGER, "duplicates", 1)
+    first = rt.redis.eval(
+        _FINISH_INLINE, 3, keys.batch_result(spec["id"]), keys.LEDGER, spec.get("reply") or "",
+        payload, ttl, spec.get("reqs", 1),
+    )  # fmt: skip
+    if not first:
         metrics.DUPLICATES.inc()
-    if spec.get("reply"):
-        pipe.rpush(spec["reply"], payload)
-        pipe.expire(spec["reply"], 300)
-    pipe.execute()
     metrics.TASKS_COMPLETED.labels(queue=spec.get("queue", ""), outcome="success").inc()
 
 

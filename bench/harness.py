@@ -1,0 +1,82 @@
+"""Starting the systems a benchmark measures: inferpool through `inferpool up`, and the reference server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from inferpool.local_redis import free_port
+
+READY_TIMEOUT_S = 90.0
+
+
+def _wait(url: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited early:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} not ready:\n{log.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def inferpool_stack(var_dir: Path, model_dir: Path, scaler: bool = False, **env: str):
+    """`inferpool up` on free ports with a private Redis; yields the API base URL."""
+    port = free_port()
+    var_dir.mkdir(parents=True, exist_ok=True)
+    child_env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    child_env.update(
+        INFERPOOL_API_PORT=str(port),
+        INFERPOOL_MODEL_DIR=str(model_dir),
+        INFERPOOL_FLOWER_PORT=str(free_port()),
+        INFERPOOL_WORKER_METRICS_PORT=str(free_port()),
+        INFERPOOL_SCALER_METRICS_PORT=str(free_port()),
+        **env,
+    )
+    argv = [sys.executable, "-m", "inferpool.cli", "up", "--no-flower", "--var-dir", str(var_dir)]
+    if not scaler:
+        argv.append("--no-scaler")
+    log = var_dir / "up.log"
+    proc = subprocess.Popen(argv, env=child_env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(f"{url}/readyz", proc, log)
+        yield url
+    finally:
+        _stop(proc)
+
+
+@contextmanager
+def reference_server(model_dir: Path, log_dir: Path):
+    port = free_port()
+    log = log_dir / "reference.log"
+    argv = [sys.executable, "-m", "bench.reference_server", "--port", str(port), "--model-dir", str(model_dir)]
+    proc = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(f"{url}/healthz", proc, log)
+        yield url
+    finally:
+        _stop(proc)
