@@ -70,6 +70,9 @@ DRIFT_SAMPLES = f"{PREFIX}:drift:samples"
 DRIFT_CLASSES = f"{PREFIX}:drift:classes"
 FEEDBACK = f"{PREFIX}:feedback"
 STATS_TASKS = f"{PREFIX}:stats:tasks"
+# Each finished task appends {"w": queue wait s, "r": run s} to its queue's stream (entry id = finish time, ms):
+# the scaler's queue-wait, service-time and completion signal. Capped: ~2 min of work at 30 tasks/s.
+TASK_SAMPLES_MAXLEN = 4096
 WORKERS = f"{PREFIX}:workers"
 SCALER_DECISIONS = f"{PREFIX}:scaler:decisions"
 # A worker heartbeat older than this means the worker is gone.
@@ -78,3 +81,7 @@ WORKER_STALE_S = 5.0
 
 def worker(hostname: str) -> str:
     return f"{PREFIX}:worker:{hostname}"
+
+
+def task_samples(queue: str) -> str:
+    return f"{PREFIX}:stats:done:{queue}"

@@ -140,6 +140,7 @@ def _finish_chunk(spec: dict, rt: Any, preds: Any, wait_s: float, run_s: float, 
         _FINISH_CHUNK, 3, keys.job(job_id), keys.job_done_chunks(job_id), keys.LEDGER,
         chunk, len(preds), ttl, now, wait_s, run_s,
     )  # fmt: skip
+    _sample(pipe, spec.get("queue", ""), wait_s, run_s)
     done = pipe.execute()[1]
     if done == -1:
         metrics.DUPLICATES.inc()
@@ -150,13 +151,23 @@ def _finish_inline(spec: dict, rt: Any, preds: Any, enq: float, start: float, en
     payload = orjson.dumps(
         {"id": spec["id"], "p": preds.tolist(), "v": rt.manifest.version, "enq": enq, "start": start, "end": end}
     )
-    first = rt.redis.eval(
+    pipe = rt.redis.pipeline(transaction=False)
+    pipe.eval(
         _FINISH_INLINE, 3, keys.batch_result(spec["id"]), keys.LEDGER, spec.get("reply") or "",
         payload, ttl, spec.get("reqs", 1),
     )  # fmt: skip
+    _sample(pipe, spec.get("queue", ""), max(0.0, start - enq), end - start)
+    first = pipe.execute()[0]
     if not first:
         metrics.DUPLICATES.inc()
     metrics.TASKS_COMPLETED.labels(queue=spec.get("queue", ""), outcome="success").inc()
+
+
+def _sample(pipe: Any, queue: str, wait_s: float, run_s: float) -> None:
+    """One capped stream entry per task, in the finishing round trip: the scaler's wait and service-time signal."""
+    if queue:
+        fields = {"w": f"{wait_s:.4f}", "r": f"{run_s:.4f}"}
+        pipe.xadd(keys.task_samples(queue), fields, maxlen=keys.TASK_SAMPLES_MAXLEN, approximate=True)
 
 
 def _report_failure(spec: dict, rt: Any, error: str) -> None:
