@@ -18,7 +18,7 @@ from typing import Any
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from inferpool.loadtest import records as rec
 
@@ -188,8 +188,12 @@ def draw_pool(ax: Axes, data: RunData) -> None:
     has_pool = bool(sy) and any(v is not None for v in sy.get("pool_processes", []))
     if has_pool:
         ax.step(sy["t_s"], _nan(sy["pool_processes"]), where="post", color="#4c72b0", label="pool processes")
-        ax.plot(sy["t_s"], _nan(sy["busy"]), color="#8c8c8c", lw=1, label="busy")
-        ax.step(sy["t_s"], _nan(sy["scaler_desired"]), where="post", color="#dd8452", ls="--", label="scaler desired")
+        ax.step(sy["t_s"], _nan(sy["busy"]), where="post", color="#8c8c8c", lw=1, label="busy")
+        if any(v is not None for v in sy.get("scaler_desired", [])):
+            ax.step(
+                sy["t_s"], _nan(sy["scaler_desired"]), where="post", color="#dd8452", ls="--", label="scaler desired"
+            )
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     cols = ("t_s", "direction", "from", "to")
     shown = [
         d for d in zip(*(dec.get(c, []) for c in cols), strict=True) if d[0] is not None and 0 <= d[0] <= data.x_max
@@ -205,7 +209,7 @@ def draw_pool(ax: Axes, data: RunData) -> None:
     if not has_pool and not dec:
         _no_data(ax, "status samples")
         return
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, max(ax.get_ylim()[1], 1.0) * 1.15)  # headroom: a flat pool line would sit on the frame
     ax.legend(loc="upper left", fontsize=8)
 
 
