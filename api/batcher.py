@@ -7,7 +7,8 @@ task. Doing it in the API needs no extra hop and sees every request as it arrive
 The rule, greedy and load-adaptive:
 * a batch leaves as soon as a send slot is free (``max_in_flight`` batches out
   at once, about the number of online worker processes), so at low load a
-  request never waits for company;
+  request never waits for company; it only lets the event loop run a few
+  turns first, so requests already received (a burst) join it;
 * while every slot is busy, arrivals accumulate: batches grow with load;
 * a batch also leaves when it reaches its size limit, or when its oldest
   request has waited ``max_wait`` (slots are a soft limit, waiting is not);
@@ -31,6 +32,9 @@ from api.dispatch import Dispatcher, Reply
 from inferpool import keys, metrics
 
 logger = logging.getLogger(__name__)
+
+# Event-loop turns the batcher yields while a burst is still being parsed.
+ARRIVAL_TURNS = 4
 
 
 class CostModel:
@@ -126,6 +130,7 @@ class Batcher:
             while not self._pending:
                 self._changed.clear()
                 await self._changed.wait()
+            await self._gather_arrived()
             limit = self._limit()
             deadline = self._pending[0].arrived + self.max_wait_s
             while self._in_flight >= self.max_in_flight and sum(len(e.rows) for e in self._pending) < limit:
@@ -141,6 +146,14 @@ class Batcher:
             task = asyncio.get_running_loop().create_task(self._send(batch))
             self._senders.add(task)
             task.add_done_callback(self._senders.discard)
+
+    async def _gather_arrived(self) -> None:
+        """Give requests already read from sockets a few loop turns to reach the queue; costs microseconds."""
+        for _ in range(ARRIVAL_TURNS):
+            before = len(self._pending)
+            await asyncio.sleep(0)
+            if len(self._pending) == before:
+                return
 
     def _take(self, limit: int) -> list[_Entry]:
         batch = [self._pending.popleft()]

@@ -102,13 +102,16 @@ class Dispatcher:
         except Exception as exc:
             logger.warning("could not mark task %s pending: %s", task_id, type(exc).__name__)
 
-    async def publish_rows(self, rows: np.ndarray, work_ms: int, queue: str, reqs: int) -> tuple[str, asyncio.Future]:
-        """Send rows inline as one task; the returned future resolves with its Reply."""
+    async def publish_rows(
+        self, rows: np.ndarray | None, work_ms: int, queue: str, reqs: int
+    ) -> tuple[str, asyncio.Future]:
+        """Send rows inline as one task (or, with ``rows=None``, only simulated work); the future gets its Reply."""
         task_id = uuid.uuid4().hex
-        spec = {
-            "id": task_id, "n": int(rows.shape[0]), "rows": codec.rows_to_b64(rows),
-            "work_ms": work_ms, "reply": self.reply_key, "queue": queue, "reqs": reqs,
+        spec: dict[str, Any] = {
+            "id": task_id, "n": 0, "work_ms": work_ms, "reply": self.reply_key, "queue": queue, "reqs": reqs,
         }  # fmt: skip
+        if rows is not None:
+            spec.update(n=int(rows.shape[0]), rows=codec.rows_to_b64(rows))
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._waiting[task_id] = fut
         try:

@@ -17,6 +17,7 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 import orjson
 
 from inferpool import codec, drift, keys, metrics
@@ -95,17 +96,24 @@ def predict(self: Any, spec: dict[str, Any]) -> None:
     rt = get_runtime()
     s = get_settings()
     job_id = spec.get("job")
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    if redelivered:
+        _count_redelivery(rt, queue)
     if job_id:
         rt.redis.eval(_START_CHUNK, 1, keys.job(job_id), started)
     try:
         rows = _load_rows(spec, rt)
-        preds = rt.model.predict(rows)
+        # A message with no rows is the simulated-work half of a heavy request; its row rides a micro-batch.
+        preds = rt.model.predict(rows) if len(rows) else np.empty(0, dtype=np.int64)
         if spec.get("work_ms"):
             # Simulated extra inference time: it occupies this process, as real compute would.
             time.sleep(spec["work_ms"] / 1000.0)
     except Exception as exc:
         metrics.TASKS_COMPLETED.labels(queue=queue, outcome="failure").inc()
-        logger.exception("predict failed id=%s job=%s", spec.get("id"), job_id)
+        logger.exception(
+            "predict failed id=%s job=%s", spec.get("id"), job_id,
+            extra={"job_id": job_id, "task_id": self.request.id, "queue": queue},
+        )  # fmt: skip
         _report_failure(spec, rt, f"{type(exc).__name__}: {exc}")
         return
     finished = time.time()
@@ -115,15 +123,31 @@ def predict(self: Any, spec: dict[str, Any]) -> None:
     else:
         _finish_inline(spec, rt, preds, enqueued, started, finished, s.result_ttl_s)
     metrics.observe_task(queue, rows.shape[0], wait_s, run_s, preds, rt.manifest.version)
-    drift.record(rt.redis, rows, preds, s.drift_sample_rate, s.drift_window)
-    logger.debug(
-        "predict done id=%s job=%s rows=%d wait_s=%.4f run_s=%.4f model=%s",
-        spec.get("id"), job_id, rows.shape[0], wait_s, run_s, rt.manifest.version,
-    )  # fmt: skip
+    if len(rows):
+        drift.record(rt.redis, rows, preds, s.drift_sample_rate, s.drift_window)
+    level = logging.INFO if s.log_task_events else logging.DEBUG
+    if logger.isEnabledFor(level):  # one check on the hot path when task events are off
+        logger.log(
+            level, "predict done id=%s job=%s rows=%d wait_s=%.4f run_s=%.4f model=%s",
+            spec.get("id"), job_id, rows.shape[0], wait_s, run_s, rt.manifest.version,
+            extra={
+                "job_id": job_id, "task_id": self.request.id, "worker": self.request.hostname, "queue": queue,
+                "rows": int(rows.shape[0]), "requests": spec.get("reqs", 1), "model_version": rt.manifest.version,
+                "queue_wait_s": wait_s, "run_s": run_s, "redelivered": redelivered,
+            },
+        )  # fmt: skip
+
+
+def _count_redelivery(rt: Any, queue: str) -> None:
+    # kombu flags a message it put back (visibility timeout passed, or its worker was lost).
+    metrics.TASKS_REDELIVERED.labels(queue=queue).inc()
+    rt.redis.hincrby(keys.LEDGER, "redelivered", 1)
 
 
 def _load_rows(spec: dict[str, Any], rt: Any) -> Any:
     n_features = rt.manifest.n_features
+    if not spec.get("n"):
+        return np.empty((0, n_features), dtype=codec.ROW_DTYPE)
     if "rows" in spec:
         return codec.rows_from_b64(spec["rows"], n_features)
     data = rt.redis.get(keys.job_input(spec["job"], spec["chunk"]))

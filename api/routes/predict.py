@@ -7,6 +7,7 @@ import asyncio
 import numpy as np
 from fastapi import APIRouter, Depends, Request
 
+from api.inputs import check_values, require_json
 from api.responses import OrjsonResponse
 from api.schemas import CompatRequest, CompatResponse, ErrorBody, PredictRequest, PredictResponse
 from api.security import api_key_header, caller
@@ -18,7 +19,8 @@ from inferpool.model_store import Manifest
 router = APIRouter(tags=["predict"], dependencies=[Depends(api_key_header)])
 
 ERRORS = {
-    401: {"model": ErrorBody}, 422: {"model": ErrorBody}, 429: {"model": ErrorBody},
+    400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 413: {"model": ErrorBody}, 415: {"model": ErrorBody},
+    422: {"model": ErrorBody}, 429: {"model": ErrorBody},
     503: {"model": ErrorBody}, 504: {"model": ErrorBody, "description": "Timed out; poll the job id"},
 }  # fmt: skip
 
@@ -35,7 +37,7 @@ def _check(X: np.ndarray, m: Manifest, max_rows: int, field: str) -> None:
 
 
 async def predict_rows(st: ApiState, X: np.ndarray, work_ms: int, route: str) -> tuple[np.ndarray, str, str]:
-    """Validate, admit, send and wait. Light rows go through the micro-batcher; rows with work alone."""
+    """Validate, admit, send and wait for the answer (and for the request's simulated work, if any)."""
     s = st.settings
     if work_ms > s.max_work_ms:
         raise InputError("work_ms", f"at most {s.max_work_ms} ms")
@@ -45,30 +47,56 @@ async def predict_rows(st: ApiState, X: np.ndarray, work_ms: int, route: str) ->
         metrics.REQUESTS_SHED.labels(route=route, reason="wait").inc()
         raise exc
     metrics.JOBS_ACCEPTED.labels(route=route).inc()
-    if work_ms or X.shape[0] > s.batch_max_rows:
-        queue = keys.QUEUE_WORK if work_ms else keys.QUEUE_ONLINE
-        task_id, fut = await st.dispatcher.publish_rows(X, work_ms, queue, reqs=1)
-        job_id = f"{task_id}.0.{X.shape[0]}"
-        try:
-            reply = await asyncio.wait_for(fut, s.predict_timeout_s)
-        except TimeoutError:
-            st.dispatcher.forget(task_id)
-            raise ResultTimeout(job_id, s.predict_timeout_s) from None
-        if reply.predictions is None:
-            raise RuntimeError(reply.error or "prediction failed")
-        return reply.predictions, job_id, reply.model_version
+    # The model call of every request rides a micro-batch; a request's simulated work is a task of its
+    # own on the work queue that holds one work process for work_ms, so no light request waits behind it.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + s.predict_timeout_s
+    work = await st.dispatcher.publish_rows(None, work_ms, keys.QUEUE_WORK, reqs=0) if work_ms else None
+    try:
+        if X.shape[0] > s.batch_max_rows:
+            preds, job_id, version = await _own_task(st, X)
+        else:
+            preds, job_id, version = await _batched(st, X)
+        if work is not None:
+            try:
+                reply = await asyncio.wait_for(work[1], max(0.05, deadline - loop.time()))
+            except TimeoutError:
+                raise ResultTimeout(job_id, s.predict_timeout_s) from None
+            if reply.error:
+                raise RuntimeError(reply.error)
+    finally:
+        if work is not None and not work[1].done():
+            st.dispatcher.forget(work[0])
+    return preds, job_id, version
+
+
+async def _own_task(st: ApiState, X: np.ndarray) -> tuple[np.ndarray, str, str]:
+    task_id, fut = await st.dispatcher.publish_rows(X, 0, keys.QUEUE_ONLINE, reqs=1)
+    try:
+        reply = await asyncio.wait_for(fut, st.settings.predict_timeout_s)
+    except TimeoutError:
+        st.dispatcher.forget(task_id)
+        raise ResultTimeout(f"{task_id}.0.{X.shape[0]}", st.settings.predict_timeout_s) from None
+    if reply.predictions is None:
+        raise RuntimeError(reply.error or "prediction failed")
+    return reply.predictions, f"{task_id}.0.{X.shape[0]}", reply.model_version
+
+
+async def _batched(st: ApiState, X: np.ndarray) -> tuple[np.ndarray, str, str]:
     entry = st.batcher.submit(X)
     try:
-        answer = await asyncio.wait_for(asyncio.shield(entry.future), s.predict_timeout_s)
+        answer = await asyncio.wait_for(asyncio.shield(entry.future), st.settings.predict_timeout_s)
     except TimeoutError:
         if entry.job_id is None:
             raise Overloaded("the request could not be sent in time", retry_after_s=1) from None
-        raise ResultTimeout(entry.job_id, s.predict_timeout_s) from None
+        raise ResultTimeout(entry.job_id, st.settings.predict_timeout_s) from None
     return answer.predictions, answer.job_id, answer.model_version
 
 
 @router.post("/v1/predict", response_model=PredictResponse, responses=ERRORS)
-async def predict(body: PredictRequest, request: Request, _: str = Depends(caller)) -> OrjsonResponse:
+async def predict(
+    body: PredictRequest, request: Request, _: str = Depends(caller), __: None = Depends(require_json)
+) -> OrjsonResponse:
     """Predict and wait for the answer in the same call (up to the configured timeout)."""
     st = _state(request)
     m = st.manifest()
@@ -77,15 +105,19 @@ async def predict(body: PredictRequest, request: Request, _: str = Depends(calle
         raise InputError("instances", "every row must have the same number of features")
     X = np.asarray(body.instances, dtype=np.float64)
     _check(X, m, st.settings.max_rows_per_request, "instances")
+    check_values(X, "instances")
     preds, job_id, version = await predict_rows(st, X, body.work_ms, "/v1/predict")
     return OrjsonResponse({"predictions": preds.tolist(), "job_id": job_id, "model_version": version})
 
 
 @router.post("/predict", response_model=CompatResponse, responses=ERRORS)
-async def predict_compat(body: CompatRequest, request: Request, _: str = Depends(caller)) -> OrjsonResponse:
+async def predict_compat(
+    body: CompatRequest, request: Request, _: str = Depends(caller), __: None = Depends(require_json)
+) -> OrjsonResponse:
     """Drop-in for the single-process server: ``{"X": [...], "work": ms}`` -> ``{"prediction": int}``."""
     st = _state(request)
     X = np.asarray([body.X], dtype=np.float64)
     _check(X, st.manifest(), 1, "X")
+    check_values(X, "X", flat=True)
     preds, _, _ = await predict_rows(st, X, body.work, "/predict")
     return OrjsonResponse({"prediction": int(preds[0])})
