@@ -4,7 +4,6 @@ its metrics directory before prometheus_client is first imported."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -38,15 +37,16 @@ def cmd_register(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _ensure_metrics_dir() -> None:
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        import tempfile
+def _ensure_metrics_dir(group: str) -> None:
+    # One multiprocess directory per process group, under PROMETHEUS_MULTIPROC_DIR as a root
+    # (the rule is in inferpool/telemetry.py); set before any metric exists.
+    from inferpool.telemetry import use_metrics_dir
 
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="inferpool-metrics-")
+    use_metrics_dir(group)
 
 
 def cmd_api(ns: argparse.Namespace) -> int:
-    _ensure_metrics_dir()
+    _ensure_metrics_dir("api")
     import uvicorn
 
     s = _settings()
@@ -65,7 +65,7 @@ def cmd_api(ns: argparse.Namespace) -> int:
 
 
 def cmd_worker(ns: argparse.Namespace) -> int:
-    _ensure_metrics_dir()
+    _ensure_metrics_dir(f"worker-{ns.role}")
     from inferpool import keys
     from workers.worker import run_worker
 
@@ -164,6 +164,12 @@ def _optional_commands(sub) -> None:
         pass
     else:
         add_status_command(sub)
+    try:
+        from inferpool.exporter import add_exporter_command
+    except ImportError:
+        pass
+    else:
+        add_exporter_command(sub)
 
 
 if __name__ == "__main__":

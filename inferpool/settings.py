@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     drift_psi_moderate: float = 0.1
     drift_psi_major: float = 0.25
     log_json: bool = False
+    # One INFO line per predict task (job/task id, worker, model, durations); DEBUG otherwise.
+    log_task_events: bool = False
     log_level: str = "INFO"
 
     @field_validator("batch_max_rows", "job_chunk_rows", "max_rows_per_request", "batch_max_in_flight")

@@ -1,30 +1,70 @@
-"""Logging setup and the Prometheus exposition, once per process.
+"""Logging setup, each process group's metrics directory, and the Prometheus exposition.
 
 Logs are plain text by default and JSON lines with ``INFERPOOL_LOG_JSON=true``
-(one object per event, extra fields such as job_id, task_id, worker and
-durations carried through), so they ship into Loki or ELK unchanged.
+(one object per event; ``extra=`` fields such as job_id, task_id, worker,
+model_version and durations carried through), so they ship into Loki or ELK
+unchanged. Rows never go into a log record.
+
+Multiprocess collection: the rule
+---------------------------------
+prometheus_client's multiprocess mode has every process write its samples to
+memory-mapped files in ``PROMETHEUS_MULTIPROC_DIR``; whoever serves ``/metrics``
+sums the files of that one directory. Were the API and the workers of one host
+to share a directory, the API's ``/metrics`` would carry the workers' samples
+too and scraping the workers as well would count them twice. Hence:
+
+* **one directory per process group**: an API server with its uvicorn workers,
+  or one Celery worker with its prefork children. ``use_metrics_dir(group)``
+  points the group at ``<root>/<group>-<pid of its main process>``, where the
+  root is the ``PROMETHEUS_MULTIPROC_DIR`` the command was given (``inferpool
+  up`` gives ``var/prometheus``) or a fresh temp dir. A restarted group never
+  reuses a predecessor's files (no stale counters summed in), and directories
+  of dead main processes are removed when the next group starts.
+* **each group exposed once, on its own port**: the API at ``/metrics`` on the
+  API port; a worker from its main process on ``INFERPOOL_WORKER_METRICS_PORT``
+  (``workers/metrics_server.py``; a taken port falls back to a free one, which
+  the worker advertises in its heartbeat).
+* **cluster facts exported once**: queues, workers, the job ledger and drift live
+  in Redis; only ``inferpool.exporter`` (in the scaler, on
+  ``INFERPOOL_SCALER_METRICS_PORT``) reads them, and it also serves the list of
+  live workers' metrics addresses for Prometheus' ``http_sd_configs``.
+
+The directory has to be chosen before the first metric object exists, so this
+module imports prometheus_client only inside functions.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
-from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 
 from inferpool.settings import Settings
 
-_STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+logger = logging.getLogger(__name__)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_GROUP_DIR = re.compile(r"^[\w.@-]+-(\d+)$")
+_STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "color_message"}
+
+
+# --- logs ----------------------------------------------------------------------------
 
 
 class JsonFormatter(logging.Formatter):
-    def __init__(self, process: str) -> None:
+    """One JSON object per record: standard fields, ``fields`` given once, and the record's extras."""
+
+    def __init__(self, process: str, fields: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.process_name = process
+        self.fields = dict(fields or {})
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
@@ -33,6 +73,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "process": self.process_name,
             "pid": record.process,
+            **self.fields,
             "msg": record.getMessage(),
         }
         doc.update({k: v for k, v in record.__dict__.items() if k not in _STD_ATTRS})
@@ -41,13 +82,14 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc, default=str).decode()
 
 
-def setup_logging(process: str, s: Settings) -> None:
+def setup_logging(process: str, s: Settings, fields: dict[str, Any] | None = None) -> None:
+    """Configure the root logger once per process: JSON lines or text, at ``s.log_level``."""
     root = logging.getLogger()
     if getattr(root, "_inferpool_configured", False):
         return
     handler = logging.StreamHandler(sys.stderr)
     if s.log_json:
-        handler.setFormatter(JsonFormatter(process))
+        handler.setFormatter(JsonFormatter(process, fields))
     else:
         handler.setFormatter(logging.Formatter(f"%(asctime)s {process} %(levelname)s %(name)s: %(message)s"))
     root.handlers[:] = [handler]
@@ -55,23 +97,81 @@ def setup_logging(process: str, s: Settings) -> None:
     root._inferpool_configured = True  # type: ignore[attr-defined]
 
 
-def registry() -> CollectorRegistry:
-    """Multiprocess-aware registry: sums every process's samples when PROMETHEUS_MULTIPROC_DIR is set."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+# --- metrics directories ------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_dead_groups(root: Path) -> None:
+    for d in root.iterdir():
+        m = _GROUP_DIR.match(d.name)
+        if d.is_dir() and m and not _alive(int(m.group(1))):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def use_metrics_dir(group: str) -> Path:
+    """Give this process group its own multiprocess directory (see the module docstring); returns it.
+
+    Call it in the group's main process before any metric exists; children inherit it.
+    """
+    root_env = os.environ.get(MULTIPROC_ENV)
+    root = Path(root_env) if root_env else Path(tempfile.mkdtemp(prefix="inferpool-metrics-"))
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_dead_groups(root)
+    safe = re.sub(r"[^\w.@-]", "_", group)
+    d = root / f"{safe}-{os.getpid()}"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir()
+    os.environ[MULTIPROC_ENV] = str(d)
+    values = sys.modules.get("prometheus_client.values")
+    if values is not None and not root_env:
+        # prometheus_client picks its value class when first imported; it was imported
+        # (by a subcommand's module) before the variable existed. Safe to redo only while
+        # no inferpool metric exists yet.
+        if "inferpool.metrics" in sys.modules:
+            raise RuntimeError("inferpool.metrics was imported before the metrics directory was chosen")
+        values.ValueClass = values.get_value_class()
+    return d
+
+
+def process_dead(pid: int) -> None:
+    """Drop a finished process's live-gauge files (``livemax``/``livesum`` modes) from the group's sums."""
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
+
+
+# --- exposition ------------------------------------------------------------------------
+
+
+def registry():
+    """This group's registry: the sum over its processes when a multiprocess directory is set."""
+    from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
+
+    if os.environ.get(MULTIPROC_ENV):
         reg = CollectorRegistry()
         multiprocess.MultiProcessCollector(reg)
         return reg
-    return DEFAULT_REGISTRY
+    return REGISTRY
 
 
-def exposition(extra: CollectorRegistry | None = None) -> bytes:
-    out = generate_latest(registry())
-    if extra is not None:
-        out += generate_latest(extra)
-    return out
+def exposition() -> bytes:
+    from prometheus_client import generate_latest
+
+    return generate_latest(registry())
 
 
 async def metrics_endpoint(request) -> Any:
+    from prometheus_client import CONTENT_TYPE_LATEST
     from starlette.responses import Response
 
     return Response(exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -1,9 +1,27 @@
-"""Flower, always behind basic auth: it refuses to start without credentials."""
+"""Flower, always behind basic auth, and never shown a row of request data.
+
+``run_flower`` refuses to start without ``INFERPOOL_FLOWER_USER`` and
+``INFERPOOL_FLOWER_PASSWORD`` and hands them to Flower through the environment
+(not argv, which ``ps`` shows). Flower 2.2 still answers ``/metrics`` and
+``/healthcheck`` without credentials; they carry task counts and names, no
+arguments. Its UI and REST API answer 401 to anonymous callers.
+
+Task arguments: the API publishes with ``argsrepr="(rows=N, work_ms=W)"``, so
+task events (what Flower's task list shows) carry sizes only. But Celery's
+``active``, ``reserved`` and ``scheduled`` inspect commands, which Flower calls
+when one worker is opened, reply with the raw arguments (our rows, base64).
+The worker imports this module and re-registers those three commands to reply
+with the argsrepr instead.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
+
+from celery.worker import control
+from celery.worker import state as worker_state
 
 from inferpool.settings import get_settings
 
@@ -18,8 +36,12 @@ def flower_env() -> dict[str, str]:
         raise FlowerCredentialsMissing(
             "Flower needs credentials: set INFERPOOL_FLOWER_USER and INFERPOOL_FLOWER_PASSWORD"
         )
-    # Passed through the environment, not argv, so they do not show in `ps`.
-    return {**os.environ, "FLOWER_BASIC_AUTH": f"{s.flower_user}:{s.flower_password.get_secret_value()}"}
+    env = {k: v for k, v in os.environ.items() if k != "FLOWER_UNAUTHENTICATED_API"}
+    # Flower keeps its own metrics in its default registry; a multiprocess directory
+    # inherited from `inferpool up` would only scatter its files among other groups'.
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env["FLOWER_BASIC_AUTH"] = f"{s.flower_user}:{s.flower_password.get_secret_value()}"
+    return env
 
 
 def run_flower(port: int | None, address: str | None) -> int:
@@ -31,3 +53,34 @@ def run_flower(port: int | None, address: str | None) -> int:
     ]  # fmt: skip
     os.execve(argv[0], argv, env)
     return 0  # not reached
+
+
+# --- what a worker tells Flower about its tasks: sizes, never rows -------------------------
+
+
+@control.inspect_command(alias="dump_active")
+def active(state: Any, safe: bool = True, **kwargs: Any) -> list[dict]:
+    """List of tasks currently being executed (arguments as their argsrepr)."""
+    return [r.info(safe=True) for r in state.tset(worker_state.active_requests)]
+
+
+@control.inspect_command(alias="dump_reserved")
+def reserved(state: Any, **kwargs: Any) -> list[dict]:
+    """List of currently reserved tasks, not including scheduled/active (arguments as their argsrepr)."""
+    waiting = state.tset(worker_state.reserved_requests) - state.tset(worker_state.active_requests)
+    return [r.info(safe=True) for r in waiting]
+
+
+@control.inspect_command(alias="dump_schedule")
+def scheduled(state: Any, **kwargs: Any) -> list[dict]:
+    """List of currently scheduled ETA/countdown tasks (arguments as their argsrepr)."""
+    out = []
+    for waiting in state.consumer.timer.schedule.queue:
+        try:
+            req = waiting.entry.args[0]
+        except (IndexError, TypeError):
+            continue
+        if hasattr(req, "info"):
+            eta = req.eta.isoformat() if getattr(req, "eta", None) else None
+            out.append({"eta": eta, "priority": waiting.priority, "request": req.info(safe=True)})
+    return out

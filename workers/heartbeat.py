@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 HEARTBEAT_S = 1.0
 _stop = threading.Event()
+# More fields for the heartbeat hash, set by other modules of the worker (workers.metrics_server: "metrics").
+extra_fields: dict[str, str] = {}
 
 
 def _beat(consumer: Any) -> None:
@@ -41,7 +43,7 @@ def _beat(consumer: Any) -> None:
                 keys.worker(name),
                 mapping={
                     "processes": processes, "busy": len(worker_state.active_requests), "queues": queues,
-                    "pid": os.getpid(), "host": socket.gethostname(), "updated": now,
+                    "pid": os.getpid(), "host": socket.gethostname(), "updated": now, **extra_fields,
                 },
             )  # fmt: skip
             pipe.expire(keys.worker(name), int(keys.WORKER_STALE_S) * 2)

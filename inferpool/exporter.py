@@ -1,0 +1,393 @@
+"""Cluster-wide metrics, read from Redis at scrape time and exported once.
+
+API processes and workers export what they did themselves. What belongs to the
+whole cluster lives in Redis, and would double count if every process exported
+it: queue depth and oldest age, unacknowledged messages, redeliveries, workers
+(from their heartbeats), the job ledger and input drift. ``ClusterCollector``
+reads all of it on each scrape (the queue snapshot, then one MULTI/EXEC for the
+rest) and builds fresh metric families, so a worker that goes away simply stops
+appearing: no stale labelled series to clean up.
+
+It runs in the scaler daemon (``start_cluster_exporter``, on
+``INFERPOOL_SCALER_METRICS_PORT``) or alone as ``inferpool exporter``. The same
+HTTP server answers ``/targets`` with the live workers' metrics addresses in
+Prometheus' ``http_sd_configs`` format, so one scrape configuration finds every
+worker whatever its port and however many the scaler starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socketserver
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import orjson
+import redis
+from prometheus_client import REGISTRY, CollectorRegistry, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from inferpool import drift, keys, model_store, queues
+from inferpool.errors import ModelError
+from inferpool.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+# A worker whose heartbeat is older than keys.WORKER_STALE_S reads up=0; after this
+# long without one it leaves the per-worker series altogether.
+WORKER_GONE_S = 60.0
+LEDGER_FIELDS = ("accepted", "succeeded", "failed", "duplicates", "redelivered")
+VERDICTS = tuple(v.value for v in drift.Verdict)
+
+# KEYS[1]: the workers sorted set. ARGV[1]: oldest heartbeat kept, ARGV[2]: heartbeat hash prefix.
+# Returns name, last heartbeat, hash fields, ... for every worker seen since ARGV[1].
+_WORKERS_LUA = """
+local seen = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf', 'WITHSCORES')
+local out = {}
+for i = 1, #seen, 2 do
+  out[#out + 1] = seen[i]
+  out[#out + 1] = seen[i + 1]
+  out[#out + 1] = redis.call('HGETALL', ARGV[2] .. seen[i])
+end
+return out
+"""
+
+
+@dataclass(frozen=True)
+class WorkerSeen:
+    name: str
+    last_beat: float
+    fields: dict[str, str]
+
+    def live(self, now: float) -> bool:
+        return now - self.last_beat <= keys.WORKER_STALE_S and bool(self.fields)
+
+
+def _decode_workers(flat: list) -> list[WorkerSeen]:
+    out = []
+    for i in range(0, len(flat), 3):
+        raw = flat[i + 2]
+        fields = {raw[j].decode(): raw[j + 1].decode() for j in range(0, len(raw), 2)}
+        out.append(WorkerSeen(flat[i].decode(), float(flat[i + 1]), fields))
+    return out
+
+
+class ClusterCollector:
+    """A prometheus_client collector: one look at Redis per scrape, metric families built fresh each time."""
+
+    def __init__(self, client: redis.Redis, settings: Settings | None = None, worker_gone_s: float = WORKER_GONE_S):
+        self.client = client
+        self.settings = settings or get_settings()
+        self.worker_gone_s = worker_gone_s
+        self._manifest: model_store.Manifest | None = None
+
+    # --- reading ------------------------------------------------------------------------
+    def _manifest_now(self) -> model_store.Manifest | None:
+        """The served model's manifest, re-read only when ``current`` names another version."""
+        try:
+            version = model_store.current_version(Path(self.settings.model_dir))
+            if self._manifest is None or self._manifest.version != version:
+                self._manifest = model_store.read_manifest(Path(self.settings.model_dir), version)
+        except (ModelError, OSError) as exc:
+            logger.debug("no manifest for drift: %s", exc)
+            self._manifest = None
+        return self._manifest
+
+    def read(self) -> tuple[queues.Snapshot, dict[str, int], list[WorkerSeen], list[bytes], list[bytes]]:
+        snap = queues.snapshot(self.client)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hgetall(keys.LEDGER)
+        pipe.eval(_WORKERS_LUA, 1, keys.WORKERS, snap.taken_at - self.worker_gone_s, keys.worker(""))
+        pipe.lrange(keys.DRIFT_SAMPLES, 0, -1)
+        pipe.lrange(keys.DRIFT_CLASSES, 0, -1)
+        ledger_raw, workers_raw, rows_raw, classes_raw = pipe.execute()
+        ledger = {k.decode(): int(v) for k, v in ledger_raw.items()}
+        return snap, ledger, _decode_workers(workers_raw), rows_raw, classes_raw
+
+    def targets(self) -> list[dict[str, Any]]:
+        """Live workers' metrics endpoints, as Prometheus ``http_sd_configs`` expects them."""
+        now = time.time()
+        out = []
+        for w in _decode_workers(
+            self.client.eval(_WORKERS_LUA, 1, keys.WORKERS, now - keys.WORKER_STALE_S, keys.worker(""))
+        ):
+            addr = w.fields.get("metrics")
+            if addr and w.live(now):
+                out.append({"targets": [addr], "labels": {"worker": w.name}})
+        return out
+
+    # --- exposition ------------------------------------------------------------------------
+    def collect(self) -> Iterator[Metric]:
+        started = time.perf_counter()
+        up = GaugeMetricFamily("inferpool_exporter_redis_up", "1 when the exporter could read Redis on this scrape")
+        try:
+            snap, ledger, workers, rows_raw, classes_raw = self.read()
+        except (redis.RedisError, OSError) as exc:
+            logger.warning("exporter: cannot read Redis: %s", type(exc).__name__)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from self._queue_families(snap, ledger)
+        yield from self._worker_families(workers, snap.taken_at)
+        yield from self._ledger_families(ledger)
+        yield from self._drift_families(rows_raw, classes_raw)
+        took = GaugeMetricFamily(
+            "inferpool_exporter_scrape_duration_seconds", "Time to read Redis and build this scrape"
+        )
+        took.add_metric([], time.perf_counter() - started)
+        yield took
+
+    def _queue_families(self, snap: queues.Snapshot, ledger: dict[str, int]) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "inferpool_queue_depth", "Messages waiting, summed over priority sub-lists", labels=["queue"]
+        )
+        age = GaugeMetricFamily(
+            "inferpool_queue_oldest_age_seconds", "Age of the oldest waiting message (enqueue header)", labels=["queue"]
+        )
+        for name, q in snap.queues.items():
+            depth.add_metric([name], q.depth)
+            age.add_metric([name], q.oldest_age_s)
+        yield depth
+        yield age
+        unacked = GaugeMetricFamily("inferpool_unacked_messages", "Messages taken by workers and not yet acknowledged")
+        unacked.add_metric([], snap.unacked)
+        yield unacked
+        unacked_age = GaugeMetricFamily(
+            "inferpool_unacked_oldest_age_seconds", "Time since the oldest unacknowledged message was delivered"
+        )
+        unacked_age.add_metric([], snap.unacked_oldest_age_s)
+        yield unacked_age
+        vt = GaugeMetricFamily(
+            "inferpool_visibility_timeout_seconds", "Unacknowledged messages are redelivered after this long"
+        )
+        vt.add_metric([], self.settings.visibility_timeout_s)
+        yield vt
+        redelivered = CounterMetricFamily(
+            "inferpool_messages_redelivered", "Messages workers received a second time (kombu's redelivered flag)"
+        )
+        redelivered.add_metric([], ledger.get("redelivered", 0))
+        yield redelivered
+
+    def _worker_families(self, workers: list[WorkerSeen], now: float) -> Iterator[Metric]:
+        up = GaugeMetricFamily("inferpool_worker_up", "1 while the worker's heartbeat is fresh", labels=["worker"])
+        procs = GaugeMetricFamily(
+            "inferpool_worker_pool_processes", "Pool processes of a live worker", labels=["worker"]
+        )
+        busy = GaugeMetricFamily("inferpool_worker_busy_processes", "Pool processes running a task", labels=["worker"])
+        live = 0
+        for w in workers:
+            alive = w.live(now)
+            live += alive
+            up.add_metric([w.name], 1 if alive else 0)
+            if alive:
+                procs.add_metric([w.name], int(w.fields.get("processes", 0)))
+                busy.add_metric([w.name], int(w.fields.get("busy", 0)))
+        n = GaugeMetricFamily("inferpool_workers_live", "Workers with a fresh heartbeat")
+        n.add_metric([], live)
+        yield from (up, procs, busy, n)
+
+    def _ledger_families(self, ledger: dict[str, int]) -> Iterator[Metric]:
+        for field, help_ in (
+            ("accepted", "Jobs (and predict requests) accepted"),
+            ("succeeded", "Jobs whose every result was written, counted once"),
+            ("failed", "Jobs that failed, counted once"),
+            ("duplicates", "Completions of work already done (a redelivered task run again)"),
+        ):
+            name = f"inferpool_ledger_{'duplicate_completions' if field == 'duplicates' else 'jobs_' + field}"
+            fam = CounterMetricFamily(name, help_)
+            fam.add_metric([], ledger.get(field, 0))
+            yield fam
+        flight = GaugeMetricFamily(
+            "inferpool_ledger_jobs_in_flight", "Accepted minus succeeded minus failed: lost work shows here"
+        )
+        flight.add_metric([], ledger.get("accepted", 0) - ledger.get("succeeded", 0) - ledger.get("failed", 0))
+        yield flight
+
+    def _drift_families(self, rows_raw: list[bytes], classes_raw: list[bytes]) -> Iterator[Metric]:
+        s = self.settings
+        samples = GaugeMetricFamily("inferpool_drift_window_samples", "Rows in the shared drift window")
+        psi = GaugeMetricFamily(
+            "inferpool_drift_feature_psi", "Population stability index per feature", labels=["feature"]
+        )
+        ks = GaugeMetricFamily(
+            "inferpool_drift_feature_ks", "Kolmogorov-Smirnov statistic per feature", labels=["feature"]
+        )
+        verdict = GaugeMetricFamily(
+            "inferpool_drift_feature_verdict", "1 for each feature's current verdict", labels=["feature", "verdict"]
+        )
+        n_bad = GaugeMetricFamily("inferpool_drift_features_drifted", "Features whose verdict is moderate or major")
+        dataset = GaugeMetricFamily("inferpool_drift_dataset_drifted", "1 when at least half the features drift")
+        classes = GaugeMetricFamily(
+            "inferpool_drift_predictions_psi", "PSI of the predicted-class mix against training"
+        )
+        thresholds = GaugeMetricFamily(
+            "inferpool_drift_psi_threshold", "PSI thresholds of the verdicts", labels=["level"]
+        )
+        thresholds.add_metric(["moderate"], s.drift_psi_moderate)
+        thresholds.add_metric(["major"], s.drift_psi_major)
+        manifest = self._manifest_now()
+        X, predicted = drift.decode_window(rows_raw, classes_raw)
+        if manifest is not None and manifest.features:
+            report = drift.evaluate(manifest, X, predicted, moderate=s.drift_psi_moderate, major=s.drift_psi_major)
+            samples.add_metric([], report.n_samples)
+            for f in report.features:
+                label = str(f.index)
+                if f.psi is not None:
+                    psi.add_metric([label], f.psi)
+                if f.ks is not None:
+                    ks.add_metric([label], f.ks)
+                for v in VERDICTS:
+                    verdict.add_metric([label, v], 1 if f.verdict.value == v else 0)
+            n_bad.add_metric([], report.n_features_drifted)
+            dataset.add_metric([], 1 if report.drifted else 0)
+            if report.predictions is not None and report.predictions.psi is not None:
+                classes.add_metric([], report.predictions.psi)
+        else:
+            samples.add_metric([], X.shape[0])
+        yield from (samples, psi, ks, verdict, n_bad, dataset, classes, thresholds)
+
+
+# --- serving ------------------------------------------------------------------------------
+
+
+class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # one line per scrape is noise
+        pass
+
+
+class _Forward:
+    """Expose another registry's collectors (the process's default registry) inside ours."""
+
+    def __init__(self, reg: CollectorRegistry) -> None:
+        self.reg = reg
+
+    def collect(self) -> Iterable[Metric]:
+        return self.reg.collect()
+
+
+@dataclass
+class MetricsServer:
+    """A running metrics HTTP server; ``close()`` stops it."""
+
+    httpd: WSGIServer
+    thread: threading.Thread
+    host: str
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_port)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def serve(
+    port: int,
+    collectors: Sequence[Any],
+    addr: str = "127.0.0.1",
+    *,
+    targets: Callable[[], list[dict[str, Any]]] | None = None,
+    include_process_registry: bool = True,
+    any_port_if_taken: bool = False,
+) -> MetricsServer:
+    """Serve ``collectors`` (objects with ``collect()``) as Prometheus text on ``addr:port``, in a daemon thread.
+
+    ``include_process_registry`` adds this process's default registry (process_* and
+    any metric defined without a registry, e.g. the scaler's own gauges). ``targets``
+    adds ``GET /targets`` for ``http_sd_configs``. Port 0 picks a free port; with
+    ``any_port_if_taken`` a taken port falls back to a free one (logged) instead of raising.
+    """
+    reg = CollectorRegistry(auto_describe=False)
+    for c in collectors:
+        reg.register(c)
+    if include_process_registry:
+        reg.register(_Forward(REGISTRY))
+    metrics_app = make_wsgi_app(reg)
+
+    def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if targets is not None and environ.get("PATH_INFO") == "/targets":
+            try:
+                body, status = orjson.dumps(targets()), "200 OK"
+            except (redis.RedisError, OSError) as exc:
+                body, status = orjson.dumps({"error": type(exc).__name__}), "503 Service Unavailable"
+            start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        return metrics_app(environ, start_response)
+
+    try:
+        httpd = make_server(addr, port, app, _ThreadingServer, handler_class=_QuietHandler)
+    except OSError as exc:
+        if not any_port_if_taken or port == 0:
+            raise
+        httpd = make_server(addr, 0, app, _ThreadingServer, handler_class=_QuietHandler)
+        logger.warning("metrics port %d is taken (%s); serving on %d instead", port, exc.strerror, httpd.server_port)
+    thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
+    return MetricsServer(httpd, thread, addr)
+
+
+def start_cluster_exporter(
+    settings: Settings | None = None,
+    client: redis.Redis | None = None,
+    extra: Sequence[Any] = (),
+    port: int | None = None,
+    addr: str | None = None,
+) -> MetricsServer:
+    """The scaler's entry point: cluster metrics, ``extra`` collectors and ``/targets`` on the scaler port."""
+    from inferpool.redis_client import sync_client
+
+    s = settings or get_settings()
+    cluster = ClusterCollector(client or sync_client(s.redis_url), s)
+    return serve(
+        s.scaler_metrics_port if port is None else port,
+        [cluster, *extra],
+        # The scaler engineer's setting when present; the API's bind address otherwise.
+        addr or getattr(s, "scaler_metrics_host", s.api_host),
+        targets=cluster.targets,
+    )
+
+
+# --- `inferpool exporter` -------------------------------------------------------------------
+
+
+def run_exporter(ns: argparse.Namespace) -> int:
+    from inferpool import telemetry
+
+    s = get_settings()
+    telemetry.setup_logging("exporter", s)
+    server = start_cluster_exporter(s, port=ns.port, addr=ns.address)
+    logger.info("cluster metrics at %s/metrics, worker targets at %s/targets", server.url, server.url)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+    server.close()
+    return 0
+
+
+def add_exporter_command(sub: Any) -> None:
+    """Register ``inferpool exporter`` (for deployments that run no scaler)."""
+    p = sub.add_parser("exporter", help="export cluster metrics from Redis: queues, workers, ledger, drift")
+    p.add_argument("--port", type=int, help="default: INFERPOOL_SCALER_METRICS_PORT (the scaler serves them there)")
+    p.add_argument("--address", help="default: INFERPOOL_API_HOST")
+    p.set_defaults(fn=run_exporter)

@@ -1,0 +1,124 @@
+"""A worker's own ``/metrics``, its logging, and the task outcomes only Celery's signals see.
+
+The worker's main process serves the sum of its group's multiprocess files (its
+own and every prefork child's, see ``inferpool.telemetry``) on
+``INFERPOOL_WORKER_METRICS_PORT``; if that port is taken (two workers on one
+host) it serves on a free one. Either way the address goes into the worker's
+heartbeat, from where the exporter's ``/targets`` hands it to Prometheus.
+
+Celery's own log records go through inferpool's handler and formatter: the
+``setup_logging`` receiver below tells Celery to leave logging alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+from urllib.parse import urlparse
+
+from celery.signals import (
+    celeryd_init,
+    setup_logging,
+    task_rejected,
+    task_retry,
+    task_unknown,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
+
+from inferpool import metrics, telemetry
+from inferpool.exporter import MetricsServer, serve
+from inferpool.settings import get_settings
+from workers import heartbeat
+
+logger = logging.getLogger(__name__)
+
+_node: dict[str, str] = {}
+_server: list[MetricsServer] = []
+
+
+@celeryd_init.connect
+def _remember_node(sender: str | None = None, **_: Any) -> None:
+    # Sent before logging is set up: the node name then goes into every JSON log line.
+    if sender:
+        _node["name"] = sender
+
+
+@setup_logging.connect
+def _logging(**_: Any) -> None:
+    fields = {"worker": _node["name"]} if "name" in _node else None
+    telemetry.setup_logging("worker", get_settings(), fields)
+
+
+def advertised_host(bind: str, redis_url: str) -> str:
+    """The address others should scrape: the bound one, or for a wildcard bind the interface that reaches Redis."""
+    if bind not in ("0.0.0.0", "::", ""):
+        return bind
+    target = urlparse(redis_url).hostname or "127.0.0.1"
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((target, 9))  # UDP connect sends nothing; it only picks the route
+            return probe.getsockname()[0]
+    except OSError:
+        return socket.gethostname()
+
+
+@worker_ready.connect
+def _start_server(**_: Any) -> None:
+    from prometheus_client import multiprocess
+
+    s = get_settings()
+    collector = multiprocess.MultiProcessCollector(None)
+    try:
+        server = serve(
+            s.worker_metrics_port, [collector], s.api_host, include_process_registry=False, any_port_if_taken=True
+        )
+    except OSError as exc:  # no metrics is better than no worker
+        logger.error("worker metrics server failed to start: %s", exc)
+        return
+    _server.append(server)
+    heartbeat.extra_fields["metrics"] = f"{advertised_host(s.api_host, s.redis_url)}:{server.port}"
+    logger.info("worker metrics at %s/metrics", server.url)
+
+
+@worker_shutdown.connect
+def _stop_server(**_: Any) -> None:
+    while _server:
+        _server.pop().close()
+
+
+@worker_process_init.connect
+def _model_info(**_: Any) -> None:
+    # Connected after workers.runtime's receiver (import order), so the model is loaded by now.
+    from workers.runtime import get_runtime
+
+    try:
+        m = get_runtime().manifest
+    except Exception:  # the load failure is logged by workers.runtime
+        return
+    metrics.MODEL_INFO.labels(version=m.version, sha256=m.sha256).set(1)
+
+
+@worker_process_shutdown.connect
+def _process_gone(pid: int | None = None, **_: Any) -> None:
+    telemetry.process_dead(pid or os.getpid())
+
+
+def _queue_of(delivery_info: dict | None) -> str:
+    return (delivery_info or {}).get("routing_key") or ""
+
+
+@task_retry.connect
+def _retried(request: Any = None, **_: Any) -> None:
+    metrics.TASKS_COMPLETED.labels(queue=_queue_of(getattr(request, "delivery_info", None)), outcome="retry").inc()
+
+
+@task_rejected.connect
+@task_unknown.connect
+def _rejected(message: Any = None, **_: Any) -> None:
+    queue = _queue_of(getattr(message, "delivery_info", None))
+    metrics.TASKS_COMPLETED.labels(queue=queue, outcome="rejected").inc()
