@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -80,6 +81,17 @@ class Settings(BaseSettings):
     scaler_scale_down_window_s: float = 30.0
     scaler_cooldown_s: float = 3.0
     scaler_dry_run: bool = False
+    # What the scaler sizes: the workers consuming this queue whose node names start with the prefix
+    # (work_concurrency_min/max bound their processes in total); the online group stays fixed.
+    scaler_queue: str = "inferpool.work"
+    scaler_worker_prefix: str = "work"
+    scaler_policy: Literal["erlang", "tutorial"] = "erlang"  # tutorial: the +-1 latency-step baseline
+    scaler_actuator: Literal["celery", "process", "compose"] = "celery"
+    # One worker's pool cap; beyond it the process actuator starts another worker on this host.
+    scaler_worker_max_procs: int = 4
+    scaler_compose_service: str = "worker"
+    scaler_compose_file: str | None = None
+    scaler_metrics_host: str = "127.0.0.1"
 
     # --- monitoring ----------------------------------------------------------
     drift_window: int = 2000

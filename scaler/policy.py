@@ -41,6 +41,8 @@ class Reason(StrEnum):
     STABILISING = "stabilising"  # the need is lower, but not yet for a whole window
     WAIT_HIGH = "wait_high"  # a shrink was due, but measured waits are over target
     COOLDOWN = "cooldown"  # a change was due, but the last one is too recent
+    LATENCY_HIGH = "latency_high"  # tutorial baseline: median latency over its upper threshold
+    LATENCY_LOW = "latency_low"  # tutorial baseline: median latency under its lower threshold
     AT_MAX = "at_max"
     AT_MIN = "at_min"
     STEADY = "steady"
@@ -57,6 +59,7 @@ class Observation:
     arrival_rate_per_s: float | None  # tasks enqueued per second over a short window
     service_time_s: float | None  # mean run time per task
     current_procs: int  # worker processes actually alive
+    latency_p50_s: float | None = None  # median wait + run of tasks finished last tick (tutorial baseline only)
 
 
 @dataclass(frozen=True, slots=True)
