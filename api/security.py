@@ -28,7 +28,7 @@ def _match(given: str | None, table: dict[str, str]) -> str | None:
     return found
 
 
-def caller(request: Request) -> str:
+async def caller(request: Request) -> str:
     """Key id of the caller of a data route; 'anonymous' when no keys are configured."""
     table = request.app.state.api_keys
     admin = request.app.state.admin_keys
@@ -41,7 +41,7 @@ def caller(request: Request) -> str:
     return key_id
 
 
-def admin(request: Request) -> str:
+async def admin(request: Request) -> str:
     """Key id of an admin caller. Admin routes never run without a configured admin key."""
     table = request.app.state.admin_keys
     if not table:

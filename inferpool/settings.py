@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     # How often workers sweep the unacked set for expired messages.
     restore_interval_s: int = 2
     result_ttl_s: int = 3600
+    task_sent_events: bool = False
     job_chunk_rows: int = 4096
 
     # --- micro-batching (front end) ----------------------------------------

@@ -38,7 +38,9 @@ def celery_config(s: Settings) -> dict:
         "result_expires": s.result_ttl_s,
         "task_ignore_result": True,
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # A task-sent event is one more Redis PUBLISH on the API's publish path for every task;
+        # off by default (queue depth and age come from inferpool's own metrics), on for Flower's "sent" state.
+        "task_send_sent_event": s.task_sent_events,
         "task_default_queue": keys.QUEUE_ONLINE,
         "task_create_missing_queues": True,
         "broker_connection_retry_on_startup": True,
