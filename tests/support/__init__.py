@@ -1,0 +1,1 @@
+"""Helpers importable by test worker processes (PYTHONPATH includes the repository root)."""

@@ -1,0 +1,18 @@
+"""A user model whose predict takes a fixed time: lets a test kill a worker in the middle of a batch."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+class SlowModel:
+    def __init__(self, inner, delay_s: float) -> None:
+        self.inner = inner
+        self.delay_s = delay_s
+        self.classes_ = inner.classes_
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        time.sleep(self.delay_s)
+        return self.inner.predict(X)
