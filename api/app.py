@@ -23,7 +23,12 @@ logger = logging.getLogger(__name__)
 
 
 class BodyLimit:
-    """Refuse bodies over the limit with 413, by Content-Length or while streaming, before parsing."""
+    """Refuse bodies over the limit with 413, by Content-Length or while streaming, before parsing.
+
+    A streamed body crosses the limit inside whatever is reading it (FastAPI turns a failed read
+    into a 400, the form parser into its own error), so once over, the app's own answer is
+    dropped and the 413 sent in its place.
+    """
 
     def __init__(self, app, max_bytes: int) -> None:
         self.app = app
@@ -36,16 +41,31 @@ class BodyLimit:
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             return await self._too_large(scope, receive, send)
         seen = 0
+        over = started = False
 
         async def limited():
-            nonlocal seen
+            nonlocal seen, over
             msg = await receive()
             seen += len(msg.get("body", b""))
             if seen > self.max_bytes:
+                over = True
                 raise errors.PayloadTooLarge(f"body over {self.max_bytes} bytes")
             return msg
 
-        return await self.app(scope, limited, send)
+        async def guarded(msg):
+            nonlocal started
+            if over:
+                return
+            started = started or msg["type"] == "http.response.start"
+            await send(msg)
+
+        try:
+            await self.app(scope, limited, guarded)
+        except Exception:
+            if not over:
+                raise
+        if over and not started:
+            await self._too_large(scope, receive, send)
 
     async def _too_large(self, scope, receive, send):
         resp = errors.error_response(413, "payload_too_large", f"body over {self.max_bytes} bytes")

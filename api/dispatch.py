@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import sys
 import time
 import uuid
@@ -32,6 +33,20 @@ from inferpool.redis_client import async_client, sync_client
 logger = logging.getLogger(__name__)
 
 TASK_NAME = "inferpool.predict"
+
+# KEYS: pending marker, result, ledger; ARGV: now, ttl, requests. Once per task (SET NX). The worker counts
+# an outcome only if this marker exists, so a result that got here first is counted here: each request
+# counts as accepted and as succeeded/failed exactly once, even when Redis fails between publish and mark.
+_MARK_PENDING = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then return 0 end
+redis.call('HINCRBY', KEYS[3], 'accepted', ARGV[3])
+local r = redis.call('GET', KEYS[2])
+if r then
+  local outcome = cjson.decode(r)['error'] and 'failed' or 'succeeded'
+  redis.call('HINCRBY', KEYS[3], outcome, ARGV[3])
+end
+return 1
+"""
 REPLY_POLL_S = 1
 GIL_SWITCH_INTERVAL_S = 0.0005
 
@@ -102,10 +117,10 @@ class Dispatcher:
         Kept off the latency path: it runs beside the task, not before it.
         """
         try:
-            pipe = self._async.pipeline(transaction=False)
-            pipe.set(keys.batch_result(task_id) + ":pending", time.time(), ex=self._ttl)
-            pipe.hincrby(keys.LEDGER, "accepted", reqs)
-            await pipe.execute()
+            await self._async.eval(
+                _MARK_PENDING, 3, keys.batch_result(task_id) + ":pending", keys.batch_result(task_id), keys.LEDGER,
+                time.time(), self._ttl, reqs,
+            )  # fmt: skip
         except Exception as exc:
             logger.warning("could not mark task %s pending: %s", task_id, type(exc).__name__)
 
@@ -113,7 +128,7 @@ class Dispatcher:
         self, rows: np.ndarray | None, work_ms: int, queue: str, reqs: int
     ) -> tuple[str, asyncio.Future]:
         """Send rows inline as one task (or, with ``rows=None``, only simulated work); the future gets its Reply."""
-        task_id = uuid.uuid4().hex
+        task_id = secrets.token_hex(16)  # 128 random bits: it is also the pollable job id of the request
         spec: dict[str, Any] = {
             "id": task_id, "n": 0, "work_ms": work_ms, "reply": self.reply_key, "queue": queue, "reqs": reqs,
         }  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 
+import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -16,9 +17,11 @@ from inferpool.errors import (
     InferpoolError,
     InputError,
     JobNotFound,
+    MalformedBody,
     ModelError,
     Overloaded,
     ResultTimeout,
+    UnsupportedMediaType,
 )
 
 logger = logging.getLogger(__name__)
@@ -44,12 +47,16 @@ async def _validation(_: Request, exc: RequestValidationError) -> OrjsonResponse
     field = _field_of(tuple(first.get("loc", ())))
     msg = first.get("msg", "invalid")
     if first.get("type") == "json_invalid":
-        return error_response(400, "malformed_json", f"body is not valid JSON: {msg}", field="body")
+        return error_response(400, "malformed_body", f"body: not valid JSON ({msg})", field="body")
     details = [{"field": _field_of(tuple(e.get("loc", ()))), "message": e.get("msg", "")} for e in errs[:20]]
     return error_response(422, "invalid_input", f"{field}: {msg}", field=field, details=details)
 
 
 async def _inferpool(_: Request, exc: InferpoolError) -> OrjsonResponse:
+    if isinstance(exc, MalformedBody):
+        return error_response(400, "malformed_body", str(exc), field=exc.field)
+    if isinstance(exc, UnsupportedMediaType):
+        return error_response(415, "unsupported_media_type", str(exc), field=exc.field)
     if isinstance(exc, InputError):
         return error_response(422, "invalid_input", str(exc), field=exc.field)
     if isinstance(exc, PayloadTooLarge):
@@ -75,6 +82,11 @@ async def _http(_: Request, exc: StarletteHTTPException) -> OrjsonResponse:
     return error_response(exc.status_code, "http_error", str(exc.detail), headers=getattr(exc, "headers", None))
 
 
+async def _redis_down(_: Request, exc: Exception) -> OrjsonResponse:
+    # Redis gone, restarting (LOADING) or failed over mid-request: unavailable for now, not broken.
+    return error_response(503, "unavailable", f"cannot reach Redis: {type(exc).__name__}", headers={"Retry-After": "1"})
+
+
 async def _unexpected(_: Request, exc: Exception) -> OrjsonResponse:
     # Log the trace for operators; the client gets a plain message, never the trace.
     logger.exception("unhandled error", exc_info=exc)
@@ -85,4 +97,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(InferpoolError, _inferpool)
     app.add_exception_handler(StarletteHTTPException, _http)
+    for exc_class in (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError):
+        app.add_exception_handler(exc_class, _redis_down)
     app.add_exception_handler(Exception, _unexpected)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
 import time
-import uuid
 
 import numpy as np
 import orjson
@@ -12,6 +12,18 @@ from api.dispatch import Dispatcher
 from api.schemas import JobStatus, JobView, Progress, Timings
 from inferpool import codec, keys
 from inferpool.errors import JobNotFound
+
+# KEYS: job hash, ledger. A job counts as accepted once all its chunks are on the queue, and only once
+# (HSETNX); one that already finished (its chunks can outrun this call) has its outcome counted here,
+# because the workers count outcomes only of accepted jobs. A failed submit thus leaves the ledger as it was.
+_ACCEPT_JOB = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('HSETNX', KEYS[1], 'accepted', 1) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[2], 'accepted', 1)
+local st = redis.call('HGET', KEYS[1], 'status')
+if st == 'succeeded' or st == 'failed' then redis.call('HINCRBY', KEYS[2], st, 1) end
+return 1
+"""
 
 
 def _f(v: bytes | None) -> float | None:
@@ -27,15 +39,19 @@ class JobStore:
 
     @staticmethod
     def new_id() -> str:
-        # 160 random bits: job ids are bearer tokens for their results.
-        return uuid.uuid4().hex + uuid.uuid4().hex[:8]
+        # 160 random bits from the OS CSPRNG: job ids are bearer tokens for their results.
+        return secrets.token_hex(20)
 
     async def create(self, job_id: str, X: np.ndarray, work_ms: int, model_version: str, key_id: str) -> int:
-        """Store the rows, record the job, publish its chunks. Returns the chunk count."""
+        """Store the rows, record the job, publish its chunks, then accept it. Returns the chunk count.
+
+        If Redis fails part way the caller gets the error (503) and the job is not accepted; a retry
+        with the same Idempotency-Key finishes it (see ``resume``).
+        """
         n = X.shape[0]
         n_chunks = (n + self.chunk_rows - 1) // self.chunk_rows
         now = time.time()
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=True)  # rows and job hash together, or neither
         for k in range(n_chunks):
             part = X[k * self.chunk_rows : (k + 1) * self.chunk_rows]
             pipe.set(keys.job_input(job_id, k), codec.rows_to_bytes(part), ex=self.ttl_s)
@@ -48,14 +64,32 @@ class JobStore:
             },
         )  # fmt: skip
         pipe.expire(keys.job(job_id), self.ttl_s)
-        pipe.hincrby(keys.LEDGER, "accepted", 1)
         await pipe.execute()
+        await self._publish_and_accept(job_id, n, n_chunks, work_ms)
+        return n_chunks
+
+    async def resume(self, job_id: str) -> bool:
+        """Finish accepting a job stored by an earlier request that failed part way; False if none is stored.
+
+        Its chunks are published again: any that already ran run twice and count as duplicates.
+        """
+        n, n_chunks, work_ms, accepted = await self.redis.hmget(
+            keys.job(job_id), ["n_rows", "n_chunks", "work_ms", "accepted"]
+        )
+        if n is None:
+            return False
+        if accepted is None:
+            await self._publish_and_accept(job_id, int(n), int(n_chunks), int(work_ms))
+        return True
+
+    async def _publish_and_accept(self, job_id: str, n: int, n_chunks: int, work_ms: int) -> None:
         queue = keys.QUEUE_WORK if work_ms else keys.QUEUE_BULK
         for k in range(n_chunks):
             rows_k = min(self.chunk_rows, n - k * self.chunk_rows)
             spec = {"id": f"{job_id}:{k}", "job": job_id, "chunk": k, "n": rows_k, "work_ms": work_ms, "queue": queue}
             await self.dispatcher.publish(f"{job_id}-{k}", spec, queue)
-        return n_chunks
+        if await self.redis.eval(_ACCEPT_JOB, 2, keys.job(job_id), keys.LEDGER) == -1:
+            raise JobNotFound(f"job {job_id!r} expired before it was accepted (INFERPOOL_RESULT_TTL_S too short?)")
 
     async def get(self, job_id: str, with_predictions: bool = True) -> JobView:
         if "." in job_id:
@@ -64,6 +98,9 @@ class JobStore:
         if not h:
             raise JobNotFound(f"no job {job_id!r} (unknown, or its results expired)")
         h = {k.decode(): v.decode() for k, v in h.items()}
+        if "status" not in h or "n_rows" not in h:
+            # A hash rebuilt by a late counter update after the job expired: treat it as expired.
+            raise JobNotFound(f"no job {job_id!r} (unknown, or its results expired)")
         status = JobStatus(h["status"])
         n, n_chunks = int(h["n_rows"]), int(h["n_chunks"])
         submitted, started, finished = _f(h.get("submitted")), _f(h.get("started")), _f(h.get("finished"))

@@ -4,6 +4,8 @@ InferpoolError
 ├── ModelError            the model directory holds no usable model
 │   └── ModelIntegrityError   a model file does not match its manifest
 ├── InputError            a request's rows or parameters break a rule (names the field)
+│   ├── MalformedBody         the body cannot be parsed at all (not JSON, not UTF-8 CSV)
+│   └── UnsupportedMediaType  the body's content type is not one the route reads
 ├── JobNotFound           no job with that id, or it expired
 ├── Overloaded            predicted wait or backlog over its limit; carries retry_after_s
 ├── BrokerUnavailable     Redis cannot be reached
@@ -33,6 +35,14 @@ class InputError(InferpoolError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class MalformedBody(InputError):
+    """Raised when a body cannot be parsed at all, before any rule about its content applies."""
+
+
+class UnsupportedMediaType(InputError):
+    """Raised when a body comes with a content type the route does not read."""
 
 
 class JobNotFound(InferpoolError):

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -110,6 +110,16 @@ class Settings(BaseSettings):
         if v < 1:
             raise ValueError("must be at least 1")
         return v
+
+    @model_validator(mode="after")
+    def _delivery_limits(self) -> Settings:
+        # A task still running when its message becomes visible again would run twice at once.
+        if self.visibility_timeout_s <= self.task_time_limit_s:
+            raise ValueError(
+                f"INFERPOOL_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must exceed "
+                f"INFERPOOL_TASK_TIME_LIMIT_S ({self.task_time_limit_s})"
+            )
+        return self
 
 
 @lru_cache(maxsize=1)

@@ -16,14 +16,32 @@ Delivery choices (see README, "Delivery"):
 
 from __future__ import annotations
 
+import ssl
+from urllib.parse import parse_qs, urlsplit
+
 from celery import Celery
 
 from inferpool import keys
 from inferpool.settings import Settings, get_settings
 
+TASK_SOFT_LIMIT_MARGIN_S = 2
+
+
+def tls_options(url: str) -> dict:
+    """``rediss://`` checks the server's certificate unless the URL itself says how (``?ssl_cert_reqs=...``).
+
+    Left alone, kombu would connect without checking it and Celery's result backend refuses the URL.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "rediss" or "ssl_cert_reqs" in parse_qs(parts.query):
+        return {}
+    required = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return {"broker_use_ssl": required, "redis_backend_use_ssl": required}
+
 
 def celery_config(s: Settings) -> dict:
     return {
+        **tls_options(s.redis_url),
         "broker_url": s.redis_url,
         "result_backend": s.redis_url,
         "task_serializer": "json",
@@ -35,6 +53,9 @@ def celery_config(s: Settings) -> dict:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_time_limit": s.task_time_limit_s,
+        # The soft limit raises inside the task, which then marks its job failed (counted in the ledger);
+        # at the hard limit the child is killed and Celery acks the message with no one the wiser.
+        "task_soft_time_limit": max(1, s.task_time_limit_s - TASK_SOFT_LIMIT_MARGIN_S),
         "result_expires": s.result_ttl_s,
         "task_ignore_result": True,
         "worker_send_task_events": True,
@@ -45,7 +66,11 @@ def celery_config(s: Settings) -> dict:
         "task_create_missing_queues": True,
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": 2,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # False on purpose: on a broker connection loss Celery would kill running late-ack tasks, and when
+        # Redis is also the result backend (down too) the cancel fails half way and *acks* the message
+        # once Redis is back: the task is lost. Left running, a task writes its result and either acks or
+        # comes back after the visibility timeout as a counted duplicate.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         # Fail a publish fast when Redis is gone: the API answers 503 rather than hang.
         "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
         "broker_transport_options": {

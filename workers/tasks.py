@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
+import redis
+from celery.exceptions import Reject
 
 from inferpool import codec, drift, keys, metrics
 from inferpool.settings import get_settings
@@ -27,8 +30,18 @@ from workers.runtime import get_runtime
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+# Redis down or restarting (connection refused/reset, LOADING): worth waiting for, never the input's fault.
+TRANSIENT_REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+# Long enough to ride out a Redis restart, well inside the soft time limit.
+REDIS_PATIENCE_S = 3.0
+REDIS_RETRY_PAUSE_S = 0.2
+
 # KEYS: job hash, done set, ledger; ARGV: chunk, rows, ttl, now, queue_wait, run_s
+# The outcome counts in the ledger only once the API has accepted the job (api/jobs.py counts it then
+# if it finished first); a job whose hash expired is left alone rather than rebuilt without a TTL.
 _FINISH_CHUNK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
 local added = redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 if added == 0 then
@@ -42,20 +55,21 @@ local done = redis.call('HINCRBY', KEYS[1], 'chunks_done', 1)
 local total = tonumber(redis.call('HGET', KEYS[1], 'n_chunks'))
 if done == total and redis.call('HGET', KEYS[1], 'status') ~= 'failed' then
   redis.call('HSET', KEYS[1], 'status', 'succeeded', 'finished', ARGV[4])
-  redis.call('HINCRBY', KEYS[3], 'succeeded', 1)
+  if redis.call('HEXISTS', KEYS[1], 'accepted') == 1 then redis.call('HINCRBY', KEYS[3], 'succeeded', 1) end
 end
 return done
 """
 
-# KEYS: result key, ledger, reply list (or "" when none); ARGV: payload, ttl, requests.
-# One round trip: the answer goes out first, the first completion alone counts in the ledger.
+# KEYS: result key, ledger, reply list (or "" when none), pending marker; ARGV: payload, ttl, requests.
+# One round trip: the answer goes out first, the first completion alone counts in the ledger, and only
+# if the API has marked the requests accepted (if the marker comes later, the API counts it then).
 _FINISH_INLINE = """
 if KEYS[3] ~= '' then
   redis.call('RPUSH', KEYS[3], ARGV[1])
   redis.call('EXPIRE', KEYS[3], 300)
 end
 if redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then
-  redis.call('HINCRBY', KEYS[2], 'succeeded', ARGV[3])
+  if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('HINCRBY', KEYS[2], ARGV[4], ARGV[3]) end
   return 1
 end
 redis.call('HINCRBY', KEYS[2], 'duplicates', 1)
@@ -75,7 +89,7 @@ _FAIL_JOB = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if st == 'succeeded' or st == 'failed' or not st then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[1], 'finished', ARGV[2])
-redis.call('HINCRBY', KEYS[2], 'failed', 1)
+if redis.call('HEXISTS', KEYS[1], 'accepted') == 1 then redis.call('HINCRBY', KEYS[2], 'failed', 1) end
 return 1
 """
 
@@ -90,6 +104,15 @@ def _enqueued_at(request: Any) -> float | None:
 @app.task(name="inferpool.predict", bind=True, ignore_result=True)
 def predict(self: Any, spec: dict[str, Any]) -> None:
     """Run the model on one message's rows; ``spec`` is built by ``inferpool.dispatch``."""
+    try:
+        _predict(self, spec)
+    except TRANSIENT_REDIS_ERRORS as exc:
+        # Redis stayed away past our patience: put the message back (or, Redis being down, leave it
+        # unacked for the visibility timeout) rather than ack a task whose results were never written.
+        raise Reject(f"Redis unavailable ({type(exc).__name__})", requeue=True) from exc
+
+
+def _predict(self: Any, spec: dict[str, Any]) -> None:
     started = time.time()
     enqueued = _enqueued_at(self.request) or started
     queue = spec.get("queue", "")
@@ -100,14 +123,16 @@ def predict(self: Any, spec: dict[str, Any]) -> None:
     if redelivered:
         _count_redelivery(rt, queue)
     if job_id:
-        rt.redis.eval(_START_CHUNK, 1, keys.job(job_id), started)
+        _patiently(rt.redis.eval, _START_CHUNK, 1, keys.job(job_id), started)
     try:
-        rows = _load_rows(spec, rt)
+        rows = _patiently(_load_rows, spec, rt)
         # A message with no rows is the simulated-work half of a heavy request; its row rides a micro-batch.
         preds = rt.model.predict(rows) if len(rows) else np.empty(0, dtype=np.int64)
         if spec.get("work_ms"):
             # Simulated extra inference time: it occupies this process, as real compute would.
             time.sleep(spec["work_ms"] / 1000.0)
+    except TRANSIENT_REDIS_ERRORS:
+        raise  # not the input's fault: never report the job failed for it
     except Exception as exc:
         metrics.TASKS_COMPLETED.labels(queue=queue, outcome="failure").inc()
         logger.exception(
@@ -119,9 +144,9 @@ def predict(self: Any, spec: dict[str, Any]) -> None:
     finished = time.time()
     wait_s, run_s = max(0.0, started - enqueued), finished - started
     if job_id:
-        _finish_chunk(spec, rt, preds, wait_s, run_s, finished, s.result_ttl_s)
+        _patiently(_finish_chunk, spec, rt, preds, wait_s, run_s, finished, s.result_ttl_s)
     else:
-        _finish_inline(spec, rt, preds, enqueued, started, finished, s.result_ttl_s)
+        _patiently(_finish_inline, spec, rt, preds, enqueued, started, finished, s.result_ttl_s)
     metrics.observe_task(queue, rows.shape[0], wait_s, run_s, preds, rt.manifest.version)
     if len(rows):
         drift.record(rt.redis, rows, preds, s.drift_sample_rate, s.drift_window)
@@ -136,6 +161,18 @@ def predict(self: Any, spec: dict[str, Any]) -> None:
                 "queue_wait_s": wait_s, "run_s": run_s, "redelivered": redelivered,
             },
         )  # fmt: skip
+
+
+def _patiently(fn: Callable[..., T], *args: Any) -> T:
+    """Call ``fn``, retrying through a Redis restart (a fraction of a second) for up to REDIS_PATIENCE_S."""
+    deadline = time.monotonic() + REDIS_PATIENCE_S
+    while True:
+        try:
+            return fn(*args)
+        except TRANSIENT_REDIS_ERRORS:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(REDIS_RETRY_PAUSE_S)
 
 
 def _count_redelivery(rt: Any, queue: str) -> None:
@@ -177,8 +214,8 @@ def _finish_inline(spec: dict, rt: Any, preds: Any, enq: float, start: float, en
     )
     pipe = rt.redis.pipeline(transaction=False)
     pipe.eval(
-        _FINISH_INLINE, 3, keys.batch_result(spec["id"]), keys.LEDGER, spec.get("reply") or "",
-        payload, ttl, spec.get("reqs", 1),
+        _FINISH_INLINE, 4, keys.batch_result(spec["id"]), keys.LEDGER, spec.get("reply") or "",
+        keys.batch_result(spec["id"]) + ":pending", payload, ttl, spec.get("reqs", 1), "succeeded",
     )  # fmt: skip
     _sample(pipe, spec.get("queue", ""), max(0.0, start - enq), end - start)
     first = pipe.execute()[0]
@@ -200,7 +237,7 @@ def _report_failure(spec: dict, rt: Any, error: str) -> None:
         rt.redis.eval(_FAIL_JOB, 2, keys.job(spec["job"]), keys.LEDGER, error, time.time())
         return
     payload = orjson.dumps({"id": spec["id"], "error": error})
-    if rt.redis.set(keys.batch_result(spec["id"]), payload, ex=s.result_ttl_s, nx=True):
-        rt.redis.hincrby(keys.LEDGER, "failed", spec.get("reqs", 1))
-    if spec.get("reply"):
-        rt.redis.rpush(spec["reply"], payload)
+    rt.redis.eval(
+        _FINISH_INLINE, 4, keys.batch_result(spec["id"]), keys.LEDGER, spec.get("reply") or "",
+        keys.batch_result(spec["id"]) + ":pending", payload, s.result_ttl_s, spec.get("reqs", 1), "failed",
+    )  # fmt: skip

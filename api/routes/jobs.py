@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.datastructures import UploadFile
 
 from api import inputs
-from api.errors import error_response
 from api.responses import OrjsonResponse
 from api.schemas import ErrorBody, JobAccepted, JobView
 from api.security import api_key_header, caller
 from api.state import JOB_QUEUES, ApiState
 from inferpool import audit, keys, metrics
-from inferpool.errors import InputError, Overloaded
+from inferpool.errors import InputError, Overloaded, UnsupportedMediaType
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(api_key_header)])
 
@@ -92,8 +94,9 @@ class _Unsupported(Exception):
     status_code=202,
     response_model=JobAccepted,
     openapi_extra=JOB_BODY,
-    responses={401: {"model": ErrorBody}, 413: {"model": ErrorBody}, 415: {"model": ErrorBody},
-               422: {"model": ErrorBody}, 429: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses={400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 413: {"model": ErrorBody},
+               415: {"model": ErrorBody}, 422: {"model": ErrorBody}, 429: {"model": ErrorBody},
+               503: {"model": ErrorBody}},
 )  # fmt: skip
 async def submit(
     request: Request,
@@ -106,7 +109,8 @@ async def submit(
     try:
         X, work = await _read_rows(request, work_ms)
     except _Unsupported as exc:
-        return error_response(415, "unsupported_media_type", f"content type {exc.ctype!r}: use JSON, CSV or .npy")
+        msg = f"{exc.ctype!r} is not accepted here: send JSON, CSV or .npy"
+        raise UnsupportedMediaType("content-type", msg) from None
     m = st.manifest()
     inputs.check_rows(X, m.n_features, s.max_rows_per_job, "instances")
     if work > s.max_work_ms:
@@ -124,16 +128,18 @@ async def submit(
         idem_key = keys.idempotency(key_id, idem)
         if not await st.redis.set(idem_key, job_id, nx=True, ex=s.result_ttl_s):
             existing = (await st.redis.get(idem_key) or b"").decode()
-            view = await st.jobs.get(existing, with_predictions=False)
-            return _accepted(existing, view.status.value, view.progress.rows_total, 200)
-    try:
-        await st.jobs.create(job_id, X, work, m.version, key_id)
-    except Exception:
-        if idem:
-            await st.redis.delete(keys.idempotency(key_id, idem))
-        raise
+            # The same key returns the same job; one whose first submit failed part way is finished now.
+            if existing and await st.jobs.resume(existing):
+                view = await st.jobs.get(existing, with_predictions=False)
+                return _accepted(existing, view.status.value, view.progress.rows_total, 200)
+            await st.redis.set(idem_key, job_id, ex=s.result_ttl_s)  # nothing was stored under it: take it over
+    await st.jobs.create(job_id, X, work, m.version, key_id)
     metrics.JOBS_ACCEPTED.labels(route="/v1/jobs").inc()
-    await audit.record(st.redis, job_id, key_id, m.version, X.shape[0], s.audit_ttl_s)
+    try:
+        await audit.record(st.redis, job_id, key_id, m.version, X.shape[0], s.audit_ttl_s)
+    except Exception as exc:
+        # The job is accepted and will run: answering 503 now would have the client submit it twice.
+        logger.error("audit record of job %s not written: %s", job_id, type(exc).__name__)
     return _accepted(job_id, "queued", X.shape[0], 202)
 
 

@@ -6,6 +6,7 @@ import time
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from api.inputs import require_json
 from api.responses import OrjsonResponse
 from api.schemas import ErrorBody, FeedbackRequest
 from api.security import admin, api_key_header, caller
@@ -73,7 +74,9 @@ async def monitoring_drift(request: Request, _: str = Depends(caller)) -> Orjson
 
 
 @router.post("/v1/feedback", tags=["monitoring"], dependencies=[Depends(api_key_header)])
-async def post_feedback(body: FeedbackRequest, request: Request, _: str = Depends(caller)) -> OrjsonResponse:
+async def post_feedback(
+    body: FeedbackRequest, request: Request, _: str = Depends(caller), __: None = Depends(require_json)
+) -> OrjsonResponse:
     """True labels for earlier predictions, by job id and row: feeds realised accuracy and label delay."""
     st = _state(request)
     accepted = 0
@@ -103,8 +106,8 @@ async def accuracy(request: Request, _: str = Depends(caller)) -> OrjsonResponse
 @router.get("/v1/admin/audit", tags=["admin"], dependencies=[Depends(api_key_header)])
 async def audit_log(
     request: Request,
-    since: float = Query(0.0, description="Epoch seconds."),
-    until: float | None = Query(None, description="Epoch seconds; default now."),
+    since: float = Query(0.0, description="Epoch seconds.", allow_inf_nan=False),
+    until: float | None = Query(None, description="Epoch seconds; default now.", allow_inf_nan=False),
     limit: int = Query(100, ge=1, le=1000),
     _: str = Depends(admin),
 ) -> OrjsonResponse:
