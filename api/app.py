@@ -103,6 +103,7 @@ class RequestMetrics:
 def create_app(settings: Settings | None = None) -> FastAPI:
     s = settings or get_settings()
     telemetry.setup_logging("api", s)
+    metrics.init_api_series()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

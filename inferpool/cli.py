@@ -50,6 +50,8 @@ def cmd_api(ns: argparse.Namespace) -> int:
     import uvicorn
 
     s = _settings()
+    # With JSON logs uvicorn keeps no handlers of its own: its records reach the app's JSON handler.
+    log_config = {"log_config": None} if s.log_json else {}
     uvicorn.run(
         "api.app:create_app",
         factory=True,
@@ -58,6 +60,7 @@ def cmd_api(ns: argparse.Namespace) -> int:
         workers=ns.workers,
         access_log=False,  # ~20% of the per-request CPU; request metrics cover it
         log_level="warning",
+        **log_config,
         timeout_graceful_shutdown=5,
         timeout_keep_alive=30,
     )

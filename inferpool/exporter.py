@@ -171,6 +171,11 @@ class ClusterCollector:
         )
         vt.add_metric([], self.settings.visibility_timeout_s)
         yield vt
+        target = GaugeMetricFamily(
+            "inferpool_queue_wait_target_seconds", "Queue wait the scaler aims for (INFERPOOL_SCALER_WAIT_TARGET_S)"
+        )
+        target.add_metric([], self.settings.scaler_wait_target_s)
+        yield target
         redelivered = CounterMetricFamily(
             "inferpool_messages_redelivered", "Messages workers received a second time (kombu's redelivered flag)"
         )

@@ -11,6 +11,8 @@ not here: ``inferpool.exporter`` reads them from Redis and exports them once.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -33,6 +35,7 @@ BATCHER_WAIT = Histogram(
 
 # --- tasks (workers) ---------------------------------------------------------
 TASKS_ENQUEUED = Counter("inferpool_tasks_enqueued_total", "Predict tasks published", ["queue"])
+# outcome: success, failure (the task caught an error), retry, rejected (refused by the worker's consumer).
 TASKS_COMPLETED = Counter("inferpool_tasks_completed_total", "Predict tasks finished", ["queue", "outcome"])
 TASK_QUEUE_WAIT = Histogram(
     "inferpool_task_queue_wait_seconds", "Enqueue to start of a task", ["queue"], buckets=LATENCY_BUCKETS_S
@@ -49,6 +52,24 @@ TASKS_REDELIVERED = Counter(
 # --- model -----------------------------------------------------------------------
 # livemax: a process that exits (and says so, see workers/metrics_server.py) stops claiming its version.
 MODEL_INFO = Gauge("inferpool_model_info", "The served model", ["version", "sha256"], multiprocess_mode="livemax")
+
+
+OUTCOMES = ("success", "failure", "retry", "rejected")
+SHED_ROUTES = ("/predict", "/v1/predict", "/v1/jobs")
+
+
+def init_worker_series(queues: Iterable[str]) -> None:
+    """Zero-valued outcome and redelivery series for a worker's queues: rate() and alerts see 0, not nothing."""
+    for q in queues:
+        TASKS_REDELIVERED.labels(queue=q)
+        for outcome in OUTCOMES:
+            TASKS_COMPLETED.labels(queue=q, outcome=outcome)
+
+
+def init_api_series() -> None:
+    """Zero-valued shed series for the routes that shed, so a dashboard shows 0 before the first 429."""
+    for route in SHED_ROUTES:
+        REQUESTS_SHED.labels(route=route, reason="wait")
 
 
 def observe_task(queue: str, rows: int, wait_s: float, run_s: float, preds: np.ndarray, version: str) -> None:

@@ -94,6 +94,7 @@ def setup_logging(process: str, s: Settings, fields: dict[str, Any] | None = Non
         handler.setFormatter(logging.Formatter(f"%(asctime)s {process} %(levelname)s %(name)s: %(message)s"))
     root.handlers[:] = [handler]
     root.setLevel(s.log_level.upper())
+    logging.captureWarnings(True)  # warnings become records in the same format, not stray stderr text
     root._inferpool_configured = True  # type: ignore[attr-defined]
 
 

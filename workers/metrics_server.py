@@ -42,14 +42,19 @@ _server: list[MetricsServer] = []
 
 
 @celeryd_init.connect
-def _remember_node(sender: str | None = None, **_: Any) -> None:
-    # Sent before logging is set up: the node name then goes into every JSON log line.
+def _on_init(sender: str | None = None, instance: Any = None, **_: Any) -> None:
+    # The first moment the node name is known: it goes into every JSON log line. Logging is set up
+    # here, not later, so the warnings of the worker's own start-up go through it too.
     if sender:
         _node["name"] = sender
+    _logging()
+    if get_settings().log_json and instance is not None:
+        instance.quiet = True  # the start-up banner is a print, not a log record
 
 
 @setup_logging.connect
 def _logging(**_: Any) -> None:
+    # Connected at all, this receiver stops Celery from installing its own handlers.
     fields = {"worker": _node["name"]} if "name" in _node else None
     telemetry.setup_logging("worker", get_settings(), fields)
 
@@ -68,10 +73,12 @@ def advertised_host(bind: str, redis_url: str) -> str:
 
 
 @worker_ready.connect
-def _start_server(**_: Any) -> None:
+def _start_server(sender: Any = None, **_: Any) -> None:
     from prometheus_client import multiprocess
 
     s = get_settings()
+    consumer = getattr(sender, "task_consumer", None)
+    metrics.init_worker_series(q.name for q in (consumer.queues if consumer else ()))
     collector = multiprocess.MultiProcessCollector(None)
     try:
         server = serve(
