@@ -1,4 +1,4 @@
-"""Logging setup, each process group's metrics directory, and the Prometheus exposition.
+"""Logging setup, each process group's metrics directory, and serving the Prometheus exposition.
 
 Logs are plain text by default and JSON lines with ``INFERPOOL_LOG_JSON=true``
 (one object per event; ``extra=`` fields such as job_id, task_id, worker,
@@ -39,10 +39,15 @@ import logging
 import os
 import re
 import shutil
+import socketserver
 import sys
 import tempfile
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import orjson
 
@@ -176,3 +181,94 @@ async def metrics_endpoint(request) -> Any:
     from starlette.responses import Response
 
     return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+# --- serving /metrics outside the API (workers, the exporter) --------------------------------
+
+
+class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # one line per scrape is noise
+        pass
+
+
+class _Forward:
+    """Expose another registry's collectors (the process's default registry) inside ours."""
+
+    def __init__(self, reg: Any) -> None:
+        self.reg = reg
+
+    def collect(self) -> Iterable[Any]:
+        return self.reg.collect()
+
+
+@dataclass
+class MetricsServer:
+    """A running metrics HTTP server; ``close()`` stops it."""
+
+    httpd: WSGIServer
+    thread: threading.Thread
+    host: str
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_port)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def serve(
+    port: int,
+    collectors: Sequence[Any],
+    addr: str = "127.0.0.1",
+    *,
+    targets: Callable[[], list[dict[str, Any]]] | None = None,
+    include_process_registry: bool = True,
+    any_port_if_taken: bool = False,
+) -> MetricsServer:
+    """Serve ``collectors`` (objects with ``collect()``) as Prometheus text on ``addr:port``, in a daemon thread.
+
+    ``include_process_registry`` adds this process's default registry (process_* and
+    any metric defined without a registry). ``targets`` adds ``GET /targets`` for
+    Prometheus' ``http_sd_configs``. Port 0 picks a free port; with ``any_port_if_taken``
+    a taken port falls back to a free one (logged) instead of raising.
+    """
+    from prometheus_client import REGISTRY, CollectorRegistry, make_wsgi_app
+
+    reg = CollectorRegistry(auto_describe=False)
+    for c in collectors:
+        reg.register(c)
+    if include_process_registry:
+        reg.register(_Forward(REGISTRY))
+    metrics_app = make_wsgi_app(reg)
+
+    def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if targets is not None and environ.get("PATH_INFO") == "/targets":
+            try:
+                body, status = orjson.dumps(targets()), "200 OK"
+            except Exception as exc:  # Redis unreachable: Prometheus keeps its last list meanwhile
+                body, status = orjson.dumps({"error": type(exc).__name__}), "503 Service Unavailable"
+            start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        return metrics_app(environ, start_response)
+
+    try:
+        httpd = make_server(addr, port, app, _ThreadingServer, handler_class=_QuietHandler)
+    except OSError as exc:
+        if not any_port_if_taken or port == 0:
+            raise
+        httpd = make_server(addr, 0, app, _ThreadingServer, handler_class=_QuietHandler)
+        logger.warning("metrics port %d is taken (%s); serving on %d instead", port, exc.strerror, httpd.server_port)
+    thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
+    return MetricsServer(httpd, thread, addr)

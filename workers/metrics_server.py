@@ -31,14 +31,13 @@ from celery.signals import (
 )
 
 from inferpool import metrics, telemetry
-from inferpool.exporter import MetricsServer, serve
 from inferpool.settings import get_settings
 from workers import heartbeat
 
 logger = logging.getLogger(__name__)
 
 _node: dict[str, str] = {}
-_server: list[MetricsServer] = []
+_server: list[telemetry.MetricsServer] = []
 
 
 @celeryd_init.connect
@@ -81,7 +80,7 @@ def _start_server(sender: Any = None, **_: Any) -> None:
     metrics.init_worker_series(q.name for q in (consumer.queues if consumer else ()))
     collector = multiprocess.MultiProcessCollector(None)
     try:
-        server = serve(
+        server = telemetry.serve(
             s.worker_metrics_port, [collector], s.api_host, include_process_registry=False, any_port_if_taken=True
         )
     except OSError as exc:  # no metrics is better than no worker
