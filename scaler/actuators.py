@@ -6,15 +6,19 @@
   the fewest processes), so processes spread over workers and hosts. Shrinking removes one process at a
   time from the worker with the most idle processes. prefork only ever stops an idle process and answers
   "All processes busy" otherwise: nothing running is killed, and a shrink that finds every process busy
-  is retried next tick (the pool drains first).
+  is retried next tick (the pool drains first). A worker gets no second shrink until its heartbeat shows
+  the first: billiard's shrink picks the stopped process again until the pool reaps it (up to 5 s later),
+  so a quick second shrink lowers the pool's target without stopping anything, and the pool stays too big.
 * :class:`ProcessActuator` (``process``, what ``inferpool up`` uses): the same, and when every worker's pool
   is at ``worker_max_procs`` it starts another ``inferpool worker --role work`` on this host; it stops the
   workers it started first when shrinking, with SIGTERM: Celery's warm shutdown finishes running tasks and
   (acks_late) returns prefetched messages to the queue, so none is lost.
 * :class:`ComposeActuator` (``compose``): ``docker compose up -d --no-recreate --scale worker=N``.
 
-Heartbeats lag a command by up to a second or two, so each actuator remembers what it asked for and
-reports that until a heartbeat written ``SETTLE_S`` after the command confirms or corrects it.
+prefork starts grown processes on its pool-maintenance timer (every 5 s), so a grow shows in heartbeats
+and ``inspect().stats()`` up to ~6 s after the worker said "pool will grow". Each actuator therefore
+reports what it asked for until a heartbeat shows that size, or ``SETTLE_S`` has passed (then the
+heartbeat wins: the command did not take).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from scaler.signal import WorkerView
 
 logger = logging.getLogger(__name__)
 
-SETTLE_S = 2.0  # a heartbeat this long after a pool command reflects it
+SETTLE_S = 8.0  # longest a heartbeat may lag a pool command: 5 s maintenance timer, process start, 1 s beat
 REPLY_TIMEOUT_S = 1.0
 WORKER_START_TIMEOUT_S = 60.0  # a started worker that never heartbeats by then is killed
 WORKER_STOP_TIMEOUT_S = 10.0  # on close, started workers get this long to finish their tasks
@@ -92,7 +96,7 @@ class PoolActuator:
         out = {}
         for w in workers:
             asked = self._commanded.get(w.name)
-            if asked is not None and w.updated < asked[1] + SETTLE_S:
+            if asked is not None and w.processes != asked[0] and self.clock() < asked[1] + SETTLE_S:
                 out[w.name] = asked[0]
             else:
                 self._commanded.pop(w.name, None)
@@ -116,7 +120,8 @@ class PoolActuator:
             while cur - removed > target and self.shrink_one(self.shrink_order(workers, sizes), sizes, reason):
                 removed += 1
             done = cur - removed <= target
-            return Outcome(-removed, done, f"shrank {removed} of {cur - target}" + ("" if done else "; all busy"))
+            why = "" if done else "; the rest busy or mid-shrink, next tick"
+            return Outcome(-removed, done, f"shrank {removed} of {cur - target}{why}")
         return Outcome(0, True, "at target")
 
     def grow(self, n: int, workers: Sequence[WorkerView], sizes: dict[str, int], reason: str) -> int:
@@ -140,9 +145,14 @@ class PoolActuator:
                 added += k
         return added
 
+    def shrinking(self, w: WorkerView) -> bool:
+        """A shrink sent to ``w`` that its heartbeat does not show yet (see the module docstring)."""
+        asked = self._commanded.get(w.name)
+        return asked is not None and w.processes > asked[0] and self.clock() < asked[1] + SETTLE_S
+
     def shrink_order(self, workers: Sequence[WorkerView], sizes: dict[str, int]) -> list[WorkerView]:
-        """Workers that can lose a process (keeping one each), the most idle first."""
-        able = [w for w in workers if sizes[w.name] > 1]
+        """Workers that can lose a process (keeping one each, none mid-shrink), the most idle first."""
+        able = [w for w in workers if sizes[w.name] > 1 and not self.shrinking(w)]
         return sorted(able, key=lambda w: (-(sizes[w.name] - w.busy), -sizes[w.name], w.name))
 
     def shrink_one(self, candidates: Sequence[WorkerView], sizes: dict[str, int], reason: str) -> bool:

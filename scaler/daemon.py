@@ -120,24 +120,30 @@ class Scaler:
             return None
         self._recovered("workers")
         d = self.policy(sig.observation(actual), self.state, cfg)
-        self.metrics.decision(d.direction.value, d.reason.value)
         outcome = None
         if d.direction is Direction.HOLD:
             logger.debug("hold at %d: %s (need %d)", actual, d.reason, d.need)
+            self.metrics.decision(d.direction.value, d.reason.value)
             self.state = d.state
             if not self.dry_run:
                 self.desired = d.target
         else:
-            self.desired = d.target
+            outcome = None if self.dry_run else self._act(d, sig)
+            if outcome is not None and not outcome.changed and not outcome.complete:
+                # Nothing could move (every process busy, a shrink still in flight, no reply): the policy
+                # state stays as it was, so the next tick decides the same again without a cooldown.
+                logger.debug("%s %d -> %d deferred: %s", d.direction.value, actual, d.target, outcome.detail)
+                self.metrics.decision("deferred", d.reason.value)
+                self._record(None, actual, sig, outcome, reason=f"deferred_{d.reason.value}", need=d.need)
+                return d
+            self.metrics.decision(d.direction.value, d.reason.value)
+            self.state, self.desired = d.state, d.target
             logger.info(
-                "%s %d -> %d: %s%s (need %d; rate %s/s, service %s s, depth %d, oldest wait %.3f s, p95 wait %s s)",
+                "%s %d -> %d: %s%s (need %d; rate %s/s, service %s s, depth %d, oldest wait %.3f s, p95 wait %s s)%s",
                 d.direction.value, actual, d.target, d.reason, " [dry run]" if self.dry_run else "", d.need,
                 _round(sig.arrival_rate_per_s, 2), _round(sig.service_time_s), sig.depth, sig.oldest_wait_s,
-                _round(sig.wait_p95_s),
+                _round(sig.wait_p95_s), "" if outcome is None or outcome.complete else f"; {outcome.detail}",
             )  # fmt: skip
-            outcome = self._act(d, sig) if not self.dry_run else None
-            if outcome is None or outcome.changed or outcome.complete:
-                self.state = d.state
         self.metrics.set_pool(
             desired=self.desired if self.desired is not None else actual,
             actual=actual,
@@ -150,22 +156,21 @@ class Scaler:
 
     def _act(self, d: Decision, sig: Signal) -> Outcome:
         try:
-            outcome = self.actuator.apply(d.target, sig.workers, d.reason.value)
+            return self.actuator.apply(d.target, sig.workers, d.reason.value)
         except Exception as exc:  # a worker vanished mid-command, the broker went away
             self._failed("act", exc)
             return Outcome(0, False, f"{type(exc).__name__}: {exc}")
-        if not outcome.complete:
-            logger.info("target %d not reached yet (%s); retrying next tick", d.target, outcome.detail)
-        return outcome
 
-    def _record(self, d: Decision | None, actual: int, sig: Signal, outcome: Outcome | None) -> None:
+    def _record(
+        self, d: Decision | None, actual: int, sig: Signal, outcome: Outcome | None, reason: str = "", need: int = 0
+    ) -> None:
         now = time.time()
         desired = self.desired if self.desired is not None else actual
         state = {
             "desired": desired, "actual": actual, "updated": now, "policy": self.policy_name,
             "actuator": self.actuator.name, "dry_run": int(self.dry_run), "queue": sig.queue,
             "workers": len(sig.workers), "depth": sig.depth, "oldest_wait_s": round(sig.oldest_wait_s, 4),
-            "reason": d.reason.value if d else "no_workers", "need": d.need if d else 0,
+            "reason": d.reason.value if d else reason or "no_workers", "need": d.need if d else need,
         }  # fmt: skip
         for name in ("arrival_rate_per_s", "service_time_s", "wait_p95_s"):
             value = getattr(sig, name)

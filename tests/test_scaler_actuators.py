@@ -103,13 +103,26 @@ def test_a_refused_or_unanswered_grow_is_logged_with_its_reason_and_not_counted(
     assert PoolActuator(silent, 4, clock=Clock()).apply(2, workers, "x").changed == 0
 
 
-def test_shrink_takes_one_idle_process_at_a_time_from_the_most_idle_worker() -> None:
+def test_shrink_takes_one_idle_process_from_the_most_idle_worker() -> None:
     control = RecordingControl()
     pool = PoolActuator(control, worker_max_procs=4, clock=Clock())
     workers = [wv("a@h", 3, busy=3), wv("b@h", 3, busy=1), wv("c@h", 1)]
-    out = pool.apply(5, workers, "stabilised_down")
-    assert control.calls == [call("pool_shrink", 1, "b@h"), call("pool_shrink", 1, "b@h")]
-    assert (out.changed, out.complete) == (-2, True)
+    out = pool.apply(6, workers, "stabilised_down")
+    assert control.calls == [call("pool_shrink", 1, "b@h")]
+    assert (out.changed, out.complete) == (-1, True)
+
+
+def test_no_second_shrink_to_a_worker_until_its_heartbeat_shows_the_first() -> None:
+    clock, control = Clock(), RecordingControl()
+    pool = PoolActuator(control, worker_max_procs=4, clock=clock)
+    out = pool.apply(1, [wv("a@h", 3)], "stabilised_down")  # 3 -> 1 asked at once: one step only
+    assert (control.calls, out.changed, out.complete) == ([call("pool_shrink", 1, "a@h")], -1, False)
+    clock.t += 1
+    assert pool.apply(1, [wv("a@h", 3)], "stabilised_down").changed == 0  # not reaped yet: wait
+    assert len(control.calls) == 1
+    clock.t += 4
+    assert pool.apply(1, [wv("a@h", 2)], "stabilised_down").changed == -1  # shown: the next one goes
+    assert control.calls[1:] == [call("pool_shrink", 1, "a@h")]
 
 
 def test_shrink_drains_when_every_process_is_busy_and_never_empties_a_worker() -> None:
@@ -123,12 +136,17 @@ def test_shrink_drains_when_every_process_is_busy_and_never_empties_a_worker() -
     assert pool.current(workers) == 5
 
 
-def test_heartbeats_replace_the_commanded_size_once_they_postdate_the_command() -> None:
+def test_the_commanded_size_counts_until_a_heartbeat_shows_it_or_the_settle_time_passes() -> None:
     clock = Clock(100.0)
     pool = PoolActuator(RecordingControl(), worker_max_procs=8, clock=clock)
-    pool.apply(4, [wv("a@h", 1, updated=99.5)], "x")
-    assert pool.current([wv("a@h", 1, updated=100.5)]) == 4  # heartbeat older than the command settled
-    assert pool.current([wv("a@h", 3, updated=100.0 + SETTLE_S + 0.1)]) == 3  # a later heartbeat wins
+    pool.apply(4, [wv("a@h", 1)], "x")
+    clock.t += 5
+    assert pool.current([wv("a@h", 1)]) == 4  # prefork has not started them yet
+    assert pool.current([wv("a@h", 4)]) == 4  # shown: from now on the heartbeat speaks
+    assert pool.current([wv("a@h", 3)]) == 3  # (one died)
+    pool.apply(6, [wv("a@h", 3)], "x")
+    clock.t += SETTLE_S + 0.1
+    assert pool.current([wv("a@h", 3)]) == 3  # never shown: the grow did not take
 
 
 class FakePopen:
@@ -165,8 +183,7 @@ def test_process_actuator_fills_pools_then_starts_workers_and_stops_its_own_firs
     assert launched == [("work-s1@box", 2), ("work-s2@box", 1)]
     assert (out.changed, act.current(base)) == (4, 5)  # started workers count before their first heartbeat
     assert act.apply(5, base, "x").changed == 0  # and are not started twice
-    clock.t += SETTLE_S + 1
-    beating = [wv("work@box", 2, updated=clock.t), wv("work-s1@box", 2, updated=clock.t), wv("work-s2@box", 1)]
+    beating = [wv("work@box", 2), wv("work-s1@box", 2), wv("work-s2@box", 1)]
     control.calls.clear()
     out = act.apply(2, beating, "stabilised_down")
     # s2 (one process) stops whole; then s1 loses an idle process, then stops whole

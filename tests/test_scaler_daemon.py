@@ -143,6 +143,9 @@ def test_a_change_the_actuator_could_not_make_is_asked_again_next_tick(client) -
         sc.tick()
     # every process busy: no cooldown was started by the refused shrinks, each tick after the window retries
     assert act.applied == [(3, "stabilised_down")] * (40 - 30)
+    assert sc.metrics.decisions[("deferred", "stabilised_down")] == 10
+    assert client.llen(keys.SCALER_DECISIONS) == 0  # nothing happened: nothing in the decision list
+    assert client.hget(keys.SCALER_STATE, "reason") == b"deferred_stabilised_down"
 
 
 def test_no_managed_worker_is_reported_not_decided(client, caplog) -> None:
