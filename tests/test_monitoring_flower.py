@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 from celery import Celery
 from test_monitoring_support import wait_until
@@ -28,6 +29,7 @@ MARK = 0.987654321  # a row value that must never show up in Flower
 def flower(stack) -> Iterator[str]:
     port = free_port()
     env = {**stack.env, "INFERPOOL_FLOWER_USER": USER, "INFERPOOL_FLOWER_PASSWORD": PASSWORD}
+    env.update(INFERPOOL_LOG_JSON="true", INFERPOOL_LOG_LEVEL="INFO")
     log = (stack.tmp / "flower.log").open("wb")
     cmd = [sys.executable, "-m", "inferpool.cli", "flower", "--port", str(port), "--address", "127.0.0.1"]
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -75,6 +77,9 @@ def test_flower_needs_credentials_and_lists_our_workers(stack, flower):
         return nodes <= seen
 
     wait_until(listed, 20, f"Flower to list {nodes}", every=0.5)
+    lines = [line for line in (stack.tmp / "flower.log").read_text().splitlines() if line.strip()]
+    records = [orjson.loads(line) for line in lines]  # Flower's own log lines are JSON too
+    assert any(r["process"] == "flower" and "Visit me at" in r["msg"] for r in records)
 
 
 def _publish_slow_inline_task(stack, rows: np.ndarray) -> str:

@@ -41,6 +41,8 @@ def flower_env() -> dict[str, str]:
     # inherited from `inferpool up` would only scatter its files among other groups'.
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env["FLOWER_BASIC_AUTH"] = f"{s.flower_user}:{s.flower_password.get_secret_value()}"
+    # Tornado leaves logging alone; _main below gives Flower inferpool's handler (JSON lines when set).
+    env["FLOWER_LOGGING"] = "none"
     return env
 
 
@@ -48,11 +50,22 @@ def run_flower(port: int | None, address: str | None) -> int:
     s = get_settings()
     env = flower_env()
     argv = [
-        sys.executable, "-m", "celery", "-A", "workers.app:app", "flower",
+        sys.executable, "-m", "workers.flower", "-A", "workers.app:app", "flower",
         f"--port={port or s.flower_port}", f"--address={address or s.api_host}",
     ]  # fmt: skip
     os.execve(argv[0], argv, env)
     return 0  # not reached
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m workers.flower <celery arguments>``: Celery's command line with inferpool's logging."""
+    from celery.bin.celery import main as celery_main
+
+    from inferpool import telemetry
+
+    telemetry.setup_logging("flower", get_settings())
+    sys.argv = ["celery", *argv]
+    return celery_main()
 
 
 # --- what a worker tells Flower about its tasks: sizes, never rows -------------------------
@@ -84,3 +97,7 @@ def scheduled(state: Any, **kwargs: Any) -> list[dict]:
             eta = req.eta.isoformat() if getattr(req, "eta", None) else None
             out.append({"eta": eta, "priority": waiting.priority, "request": req.info(safe=True)})
     return out
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

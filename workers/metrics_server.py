@@ -56,6 +56,13 @@ def _logging(**_: Any) -> None:
     # Connected at all, this receiver stops Celery from installing its own handlers.
     fields = {"worker": _node["name"]} if "name" in _node else None
     telemetry.setup_logging("worker", get_settings(), fields)
+    # billiard's pool logger ("Process ... exited with signal 9") does not propagate and has no
+    # handler, so Python's last-resort handler would print it as bare text.
+    from billiard.util import get_logger as pool_logger
+
+    pool = pool_logger()
+    pool.propagate = True
+    pool.setLevel(logging.WARNING)
 
 
 def advertised_host(bind: str, redis_url: str) -> str:
