@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from api.batcher import Batcher
 from api.dispatch import Dispatcher
 from api.jobs import JobStore
-from inferpool import keys, queues
+from inferpool import keys, queues, status
 from inferpool.errors import BrokerUnavailable, ModelError, Overloaded
 from inferpool.model_store import Manifest, read_manifest
 from inferpool.settings import Settings
@@ -18,6 +18,28 @@ from inferpool.settings import Settings
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_MAX_AGE_S = 0.25
+# Recent task run times read per queue to estimate its service time.
+SERVICE_SAMPLES = 50
+
+
+def predicted_wait_s(depth: int, oldest_age_s: float, service_s: float, processes: int) -> float:
+    """How long new work would wait on a queue: the longer of what the oldest message has waited
+    already and what the backlog will take the processes serving it (``depth * service / processes``).
+
+    The second term sheds at the start of a burst, before anything has aged; with no service time
+    measured yet or no process serving the queue only the first applies (a worker may be on its way).
+    """
+    if service_s <= 0 or processes <= 0:
+        return oldest_age_s
+    return max(oldest_age_s, depth * service_s / processes)
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Per queue: processes of live workers consuming it, and mean recent task run time (s)."""
+
+    processes: dict[str, int]
+    service_s: dict[str, float]
 
 
 @dataclass
@@ -29,6 +51,7 @@ class ApiState:
     jobs: JobStore
     _manifest: Manifest | None = None
     _snapshot: queues.Snapshot | None = None
+    _capacity: Capacity = field(default_factory=lambda: Capacity({}, {}))
     _snapshot_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def manifest(self) -> Manifest:
@@ -51,19 +74,50 @@ class ApiState:
             if snap is None or time.time() - snap.taken_at >= SNAPSHOT_MAX_AGE_S:
                 try:
                     snap = await queues.asnapshot(self.redis)
+                    self._capacity = await self._read_capacity()
                 except Exception as exc:
                     raise BrokerUnavailable(f"cannot reach Redis: {type(exc).__name__}") from exc
                 self._snapshot = snap
         return snap
 
+    async def _read_capacity(self) -> Capacity:
+        names = await status.live_workers(self.redis)
+        pipe = self.redis.pipeline(transaction=False)
+        for n in names:
+            pipe.hmget(keys.worker(n), ["processes", "queues"])
+        for q in keys.ALL_QUEUES:
+            pipe.xrevrange(keys.task_samples(q), count=SERVICE_SAMPLES)
+        res = await pipe.execute()
+        processes = dict.fromkeys(keys.ALL_QUEUES, 0)
+        for procs, served in res[: len(names)]:
+            for q in (served or b"").decode().split(","):
+                if q in processes and procs:
+                    processes[q] += int(procs)
+        service = {}
+        for q, entries in zip(keys.ALL_QUEUES, res[len(names) :], strict=True):
+            runs = [float(fields[b"r"]) for _, fields in entries if b"r" in fields]
+            service[q] = sum(runs) / len(runs) if runs else 0.0
+        return Capacity(processes, service)
+
+    def queue_wait_s(self, snap: queues.Snapshot, queue: str) -> float:
+        q, cap = snap.queues[queue], self._capacity
+        return predicted_wait_s(q.depth, q.oldest_age_s, cap.service_s.get(queue, 0.0), cap.processes.get(queue, 0))
+
     async def admit(self, queue_names: tuple[str, ...], max_wait_s: float) -> None:
-        """Backpressure: refuse new work when what waits already waits too long, or the backlog is too big."""
+        """Backpressure: refuse new work when its predicted wait is over ``max_wait_s``, or the backlog is too big.
+
+        Raises Overloaded (429 with Retry-After) or BrokerUnavailable (503) when Redis cannot be read.
+        """
         snap = await self.snapshot()
-        oldest = max(snap.queues[q].oldest_age_s for q in queue_names)
-        if oldest > max_wait_s:
-            raise Overloaded(f"queue wait {oldest:.1f} s is over the {max_wait_s:g} s limit", retry_after_s=oldest)
+        wait = max(self.queue_wait_s(snap, q) for q in queue_names)
+        if wait > max_wait_s:
+            msg = f"predicted queue wait {wait:.1f} s is over the {max_wait_s:g} s limit"
+            raise Overloaded(msg, retry_after_s=wait)
         if snap.depth > self.settings.max_backlog_messages:
-            raise Overloaded(f"backlog of {snap.depth} messages is over the cap", retry_after_s=max(1.0, oldest))
+            raise Overloaded(
+                f"backlog of {snap.depth} messages is over the cap of {self.settings.max_backlog_messages}",
+                retry_after_s=max(1.0, wait),
+            )
 
 
 def build_state(settings: Settings, aredis, celery) -> ApiState:
