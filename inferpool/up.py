@@ -90,6 +90,8 @@ def up(ns: argparse.Namespace) -> int:
     var = Path(ns.var_dir).resolve()
     (var / "logs").mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
+    # On one machine the scaler grows the work worker's pool, then starts more work workers beside it.
+    env.setdefault("INFERPOOL_SCALER_ACTUATOR", "process")
     redis_proc: LocalRedis | None = None
     if not os.environ.get("REDIS_URL"):
         redis_proc = LocalRedis(var / "redis", aof=True).start()

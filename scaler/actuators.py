@@ -41,6 +41,8 @@ SETTLE_S = 8.0  # longest a heartbeat may lag a pool command: 5 s maintenance ti
 REPLY_TIMEOUT_S = 1.0
 WORKER_START_TIMEOUT_S = 60.0  # a started worker that never heartbeats by then is killed
 WORKER_STOP_TIMEOUT_S = 10.0  # on close, started workers get this long to finish their tasks
+# With no worker at all, wait this long before starting one: the supervisor's own worker may be starting.
+FIRST_WORKER_GRACE_S = 20.0
 COMPOSE_TIMEOUT_S = 120.0
 COMPOSE_SETTLE_S = 60.0  # containers start slowly: trust the commanded count this long
 
@@ -217,6 +219,7 @@ class ProcessActuator:
         self.pool, self.host, self.prefix, self.launch, self.clock = pool, host, prefix, launch, clock
         self.started: dict[str, Started] = {}
         self._serial = 0
+        self._created = clock()
 
     def _reap(self, workers: Sequence[WorkerView]) -> None:
         seen = {w.name for w in workers}
@@ -249,6 +252,8 @@ class ProcessActuator:
         cur = self.current(workers)
         live = self._live(workers)
         sizes = self.pool.sizes(live)
+        if not workers and not self.started and self.clock() < self._created + FIRST_WORKER_GRACE_S:
+            return Outcome(0, False, "no worker yet; waiting for the supervisor's to start")
         if target > cur:
             added = self.pool.grow(target - cur, live, sizes, reason)
             while cur + added < target:

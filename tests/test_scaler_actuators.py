@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from scaler.actuators import (
+    FIRST_WORKER_GRACE_S,
     REPLY_TIMEOUT_S,
     SETTLE_S,
     ComposeActuator,
@@ -194,6 +195,16 @@ def test_process_actuator_fills_pools_then_starts_workers_and_stops_its_own_firs
     assert act.current(beating) == 2  # stopping workers no longer count, though still heartbeating
     act.close()
     assert all(p.returncode == 0 for p in popens.values())
+
+
+def test_process_actuator_waits_for_the_supervisors_worker_before_starting_one() -> None:
+    clock, launched = Clock(), []
+    act = ProcessActuator(
+        PoolActuator(RecordingControl(), 2), "box", "work", lambda n, k: FakePopen(n, k, launched), clock=clock
+    )
+    assert act.apply(1, [], "at_min").changed == 0
+    clock.t += FIRST_WORKER_GRACE_S
+    assert act.apply(1, [], "at_min").changed == 1 and launched == [("work-s1@box", 1)]
 
 
 def test_compose_actuator_runs_the_scale_command() -> None:
