@@ -156,10 +156,13 @@ def test_promtool_check_metrics_on_real_expositions(stack, api):
 
 def test_exporter_reports_redis_down_instead_of_failing(tmp_path):
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     from inferpool.local_redis import free_port
 
-    client = redis.Redis(port=free_port(), socket_connect_timeout=0.5)
+    # No retries: a production client retries for ~4.6 s first, still inside a 10 s scrape timeout.
+    client = redis.Redis(port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
     server = serve(0, [ClusterCollector(client, Settings(model_dir=tmp_path))], include_process_registry=False)
     try:
         r = httpx.get(f"{server.url}/metrics", timeout=10)
