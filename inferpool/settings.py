@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     scaler_queue: str = "inferpool.work"
     scaler_worker_prefix: str = "work"
     scaler_policy: Literal["erlang", "tutorial"] = "erlang"  # tutorial: the +-1 latency-step baseline
-    scaler_actuator: Literal["celery", "process", "compose"] = "celery"
+    scaler_actuator: Literal["celery", "process", "compose", "external"] = "celery"
     # One worker's pool cap; beyond it the process actuator starts another worker on this host.
     scaler_worker_max_procs: int = 4
     scaler_compose_service: str = "worker"

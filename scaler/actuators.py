@@ -13,7 +13,7 @@
   is at ``worker_max_procs`` it starts another ``inferpool worker --role work`` on this host; it stops the
   workers it started first when shrinking, with SIGTERM: Celery's warm shutdown finishes running tasks and
   (acks_late) returns prefetched messages to the queue, so none is lost.
-* :class:`ComposeActuator` (``compose``): ``docker compose up -d --no-recreate --scale worker=N``.
+* replica actuators (``compose``, ``external``) live in :mod:`scaler.replicas`.
 
 prefork starts grown processes on its pool-maintenance timer (every 5 s), so a grow shows in heartbeats
 and ``inspect().stats()`` up to ~6 s after the worker said "pool will grow". Each actuator therefore
@@ -24,7 +24,6 @@ heartbeat wins: the command did not take).
 from __future__ import annotations
 
 import logging
-import math
 import signal
 import subprocess
 import sys
@@ -43,8 +42,6 @@ WORKER_START_TIMEOUT_S = 60.0  # a started worker that never heartbeats by then 
 WORKER_STOP_TIMEOUT_S = 10.0  # on close, started workers get this long to finish their tasks
 # With no worker at all, wait this long before starting one: the supervisor's own worker may be starting.
 FIRST_WORKER_GRACE_S = 20.0
-COMPOSE_TIMEOUT_S = 120.0
-COMPOSE_SETTLE_S = 60.0  # containers start slowly: trust the commanded count this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,57 +315,3 @@ class ProcessActuator:
                 s.popen.kill()
                 s.popen.wait()
         self.started.clear()
-
-
-def run_command(argv: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=COMPOSE_TIMEOUT_S, check=False)
-
-
-class ComposeActuator:
-    """Sets the replica count of the compose worker service; each replica runs ``procs_per_replica``."""
-
-    name = "compose"
-
-    def __init__(
-        self,
-        service: str,
-        procs_per_replica: int,
-        compose_file: str | None = None,
-        run: Callable[[list[str]], Any] = run_command,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.service, self.per, self.file, self.run, self.clock = service, procs_per_replica, compose_file, run, clock
-        self._asked: tuple[int, float] | None = None  # (replicas, epoch)
-
-    def command(self, replicas: int) -> list[str]:
-        head = ["docker", "compose"] + (["-f", self.file] if self.file else [])
-        # --no-deps: touch only the worker service; --no-recreate: running replicas stay as they are.
-        tail = ["--scale", f"{self.service}={replicas}", "--no-deps", self.service]
-        return [*head, "up", "-d", "--no-recreate", *tail]
-
-    def current(self, workers: Sequence[WorkerView]) -> int:
-        if self._asked is not None and self.clock() < self._asked[1] + COMPOSE_SETTLE_S:
-            return self._asked[0] * self.per
-        return sum(w.processes for w in workers)
-
-    def capacity(self, workers: Sequence[WorkerView]) -> int | None:
-        return None
-
-    def apply(self, target: int, workers: Sequence[WorkerView], reason: str) -> Outcome:
-        replicas = max(1, math.ceil(target / self.per))
-        before = self.current(workers)
-        argv = self.command(replicas)
-        try:
-            done = self.run(argv)
-            ok, err = done.returncode == 0, (done.stderr or "").strip()[-500:]
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            ok, err = False, f"{type(exc).__name__}: {exc}"
-        if not ok:
-            logger.warning("%s failed: %s (reason %s); retry next tick", " ".join(argv), err, reason)
-            return Outcome(0, False, err)
-        logger.info("%s (reason %s)", " ".join(argv), reason)
-        self._asked = (replicas, self.clock())
-        return Outcome(replicas * self.per - before, True, f"{self.service}={replicas}")
-
-    def close(self) -> None:
-        pass

@@ -15,7 +15,7 @@ from inferpool.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
-ACTUATORS = ("celery", "process", "compose")
+ACTUATORS = ("celery", "process", "compose", "external")
 POLICY_NAMES = ("erlang", "tutorial")
 
 
@@ -27,7 +27,8 @@ def add_scaler_command(sub: Any) -> None:
     p.add_argument("--max", type=int, help="most processes (default INFERPOOL_WORK_CONCURRENCY_MAX)")
     p.add_argument("--target-wait", type=float, help="p95 queue wait target in seconds (default 0.1)")
     p.add_argument("--actuator", choices=ACTUATORS, help="celery: resize pools; process: also start workers here; "
-                   "compose: docker compose --scale (default INFERPOOL_SCALER_ACTUATOR)")  # fmt: skip
+                   "compose: docker compose --scale; external: decide only, KEDA/HPA acts on the metric "
+                   "(default INFERPOOL_SCALER_ACTUATOR)")  # fmt: skip
     p.add_argument("--policy", choices=POLICY_NAMES, help="erlang (default) or the tutorial's +-1 baseline")
     p.add_argument("--once", action="store_true", help="one tick, then exit")
     p.set_defaults(fn=run_scaler)
@@ -48,11 +49,14 @@ def settings_from_args(ns: argparse.Namespace, base: Settings | None = None) -> 
 
 
 def make_actuator(s: Settings) -> Any:
-    from scaler.actuators import ComposeActuator, PoolActuator, ProcessActuator
+    from scaler.actuators import PoolActuator, ProcessActuator
+    from scaler.replicas import ComposeActuator, ExternalActuator
 
     if s.scaler_actuator == "compose":
         # Each replica starts `inferpool worker --role work` at work_concurrency_min processes.
         return ComposeActuator(s.scaler_compose_service, max(1, s.work_concurrency_min), s.scaler_compose_file)
+    if s.scaler_actuator == "external":
+        return ExternalActuator()
     from workers.app import make_app
 
     pool = PoolActuator(make_app(s).control, s.scaler_worker_max_procs)

@@ -17,11 +17,11 @@ from scaler.actuators import (
     FIRST_WORKER_GRACE_S,
     REPLY_TIMEOUT_S,
     SETTLE_S,
-    ComposeActuator,
     PoolActuator,
     ProcessActuator,
     reply_status,
 )
+from scaler.replicas import REPLICA_SETTLE_S, ComposeActuator, ExternalActuator
 from scaler.signal import WorkerView
 
 BUSY = 'ValueError("Can\'t shrink pool. All processes busy!")'
@@ -250,3 +250,14 @@ def test_compose_without_docker_does_not_crash(missing: Exception) -> None:
         raise missing
 
     assert ComposeActuator("worker", 1, run=run).apply(2, [], "x").complete is False
+
+
+def test_external_actuator_only_records_the_target_for_the_platform() -> None:
+    clock = Clock()
+    act = ExternalActuator(clock=clock)
+    assert act.capacity([wv("work-abc@pod1", 2)]) is None
+    out = act.apply(6, [wv("work-abc@pod1", 2)], "arrival_rate")
+    assert (out.changed, out.complete) == (4, True)
+    assert act.current([wv("work-abc@pod1", 2)]) == 6  # pods are starting
+    clock.t += REPLICA_SETTLE_S + 1
+    assert act.current([wv("work-abc@pod1", 2)]) == 2  # they never came: the heartbeats speak again
