@@ -19,12 +19,38 @@ from __future__ import annotations
 import ssl
 from urllib.parse import parse_qs, urlsplit
 
+import redis
 from celery import Celery
+from kombu.transport import redis as kombu_redis
 
 from inferpool import keys
 from inferpool.settings import Settings, get_settings
 
 TASK_SOFT_LIMIT_MARGIN_S = 2
+# A new pool process loads the model before it reports in; on a loaded host that can take seconds,
+# and at Celery's default (4 s) the parent kills it and forks another, forever.
+POOL_PROCESS_START_TIMEOUT_S = 60.0
+
+
+def soft_time_limit_s(s: Settings) -> int:
+    return max(1, s.task_time_limit_s - TASK_SOFT_LIMIT_MARGIN_S)
+
+
+_kombu_connparams = kombu_redis.Channel._connparams
+
+
+def _connparams_or_gone(self, asynchronous: bool = False) -> dict:
+    """kombu 5.x: after a broker connection drops, Celery collects it, and an ack, reject or restore on a
+    channel of that connection (a task that was running then, finishing now) reads its client, now None:
+    an AttributeError, "Unrecoverable error", and the whole worker exits. Raised as a connection error
+    instead, Celery logs it and goes on; the message, still unacked in Redis, comes back after the
+    visibility timeout and its second run counts as a duplicate."""
+    if self.connection is None or self.connection.client is None:
+        raise redis.exceptions.ConnectionError("this broker connection was closed after a connection loss")
+    return _kombu_connparams(self, asynchronous)
+
+
+kombu_redis.Channel._connparams = _connparams_or_gone
 
 
 def tls_options(url: str) -> dict:
@@ -52,10 +78,14 @@ def celery_config(s: Settings) -> dict:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        "worker_proc_alive_timeout": POOL_PROCESS_START_TIMEOUT_S,
         "task_time_limit": s.task_time_limit_s,
         # The soft limit raises inside the task, which then marks its job failed (counted in the ledger);
         # at the hard limit the child is killed and Celery acks the message with no one the wiser.
-        "task_soft_time_limit": max(1, s.task_time_limit_s - TASK_SOFT_LIMIT_MARGIN_S),
+        "task_soft_time_limit": soft_time_limit_s(s),
+        # A task killed at the hard limit goes back to the queue rather than being acked unfinished
+        # (its job would wait forever); tasks that fail on their own mark their job failed and return.
+        "task_acks_on_failure_or_timeout": False,
         "result_expires": s.result_ttl_s,
         "task_ignore_result": True,
         "worker_send_task_events": True,

@@ -21,11 +21,11 @@ from typing import Any, TypeVar
 import numpy as np
 import orjson
 import redis
-from celery.exceptions import Reject
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from inferpool import codec, drift, keys, metrics
 from inferpool.settings import get_settings
-from workers.app import app
+from workers.app import app, soft_time_limit_s
 from workers.runtime import get_runtime
 
 logger = logging.getLogger(__name__)
@@ -33,9 +33,10 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 # Redis down or restarting (connection refused/reset, LOADING): worth waiting for, never the input's fault.
 TRANSIENT_REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-# Long enough to ride out a Redis restart, well inside the soft time limit.
+# Long enough to ride out a Redis restart; never past the soft time limit (less a margin).
 REDIS_PATIENCE_S = 3.0
 REDIS_RETRY_PAUSE_S = 0.2
+SOFT_LIMIT_MARGIN_S = 0.5
 
 # KEYS: job hash, done set, ledger; ARGV: chunk, rows, ttl, now, queue_wait, run_s
 # The outcome counts in the ledger only once the API has accepted the job (api/jobs.py counts it then
@@ -106,14 +107,16 @@ def predict(self: Any, spec: dict[str, Any]) -> None:
     """Run the model on one message's rows; ``spec`` is built by ``inferpool.dispatch``."""
     try:
         _predict(self, spec)
-    except TRANSIENT_REDIS_ERRORS as exc:
-        # Redis stayed away past our patience: put the message back (or, Redis being down, leave it
-        # unacked for the visibility timeout) rather than ack a task whose results were never written.
-        raise Reject(f"Redis unavailable ({type(exc).__name__})", requeue=True) from exc
+    except (*TRANSIENT_REDIS_ERRORS, SoftTimeLimitExceeded) as exc:
+        # Redis stayed away past our patience, or time ran out outside the model call (which marks its
+        # job failed itself): put the message back (or, Redis being down, leave it unacked until the
+        # visibility timeout) rather than ack a task whose results were never written.
+        raise Reject(f"results not written ({type(exc).__name__})", requeue=True) from exc
 
 
 def _predict(self: Any, spec: dict[str, Any]) -> None:
     started = time.time()
+    patience = time.monotonic() + soft_time_limit_s(get_settings()) - SOFT_LIMIT_MARGIN_S
     enqueued = _enqueued_at(self.request) or started
     queue = spec.get("queue", "")
     rt = get_runtime()
@@ -123,9 +126,9 @@ def _predict(self: Any, spec: dict[str, Any]) -> None:
     if redelivered:
         _count_redelivery(rt, queue)
     if job_id:
-        _patiently(rt.redis.eval, _START_CHUNK, 1, keys.job(job_id), started)
+        _patiently(rt.redis.eval, _START_CHUNK, 1, keys.job(job_id), started, until=patience)
     try:
-        rows = _patiently(_load_rows, spec, rt)
+        rows = _patiently(_load_rows, spec, rt, until=patience)
         # A message with no rows is the simulated-work half of a heavy request; its row rides a micro-batch.
         preds = rt.model.predict(rows) if len(rows) else np.empty(0, dtype=np.int64)
         if spec.get("work_ms"):
@@ -144,9 +147,9 @@ def _predict(self: Any, spec: dict[str, Any]) -> None:
     finished = time.time()
     wait_s, run_s = max(0.0, started - enqueued), finished - started
     if job_id:
-        _patiently(_finish_chunk, spec, rt, preds, wait_s, run_s, finished, s.result_ttl_s)
+        _patiently(_finish_chunk, spec, rt, preds, wait_s, run_s, finished, s.result_ttl_s, until=patience)
     else:
-        _patiently(_finish_inline, spec, rt, preds, enqueued, started, finished, s.result_ttl_s)
+        _patiently(_finish_inline, spec, rt, preds, enqueued, started, finished, s.result_ttl_s, until=patience)
     metrics.observe_task(queue, rows.shape[0], wait_s, run_s, preds, rt.manifest.version)
     if len(rows):
         drift.record(rt.redis, rows, preds, s.drift_sample_rate, s.drift_window)
@@ -163,9 +166,10 @@ def _predict(self: Any, spec: dict[str, Any]) -> None:
         )  # fmt: skip
 
 
-def _patiently(fn: Callable[..., T], *args: Any) -> T:
-    """Call ``fn``, retrying through a Redis restart (a fraction of a second) for up to REDIS_PATIENCE_S."""
-    deadline = time.monotonic() + REDIS_PATIENCE_S
+def _patiently(fn: Callable[..., T], *args: Any, until: float) -> T:
+    """Call ``fn``, retrying through a Redis restart (a fraction of a second) for up to REDIS_PATIENCE_S,
+    and not past ``until`` (monotonic clock)."""
+    deadline = min(time.monotonic() + REDIS_PATIENCE_S, until)
     while True:
         try:
             return fn(*args)
