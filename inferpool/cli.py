@@ -142,6 +142,18 @@ def main(argv: list[str] | None = None) -> int:
     return ns.fn(ns) or 0
 
 
+def _loadtest(ns: argparse.Namespace, run, config_from_args) -> int:
+    from inferpool.loadtest import SpecError
+
+    try:
+        config = config_from_args(ns)
+    except SpecError as exc:
+        print(f"inferpool loadtest: {exc}", file=sys.stderr)
+        return 2
+    run(config)
+    return 0
+
+
 def _optional_commands(sub) -> None:
     """Commands whose modules register their own flags."""
     try:
@@ -151,7 +163,7 @@ def _optional_commands(sub) -> None:
     else:
         lt = sub.add_parser("loadtest", help="replay a workload against the API and record everything")
         add_loadtest_arguments(lt)
-        lt.set_defaults(fn=lambda ns: (run_loadtest(config_from_args(ns)), 0)[1])
+        lt.set_defaults(fn=lambda ns: _loadtest(ns, run_loadtest, config_from_args))
         pl = sub.add_parser("plot", help="draw charts and an HTML report from a load test's results")
         add_plot_arguments(pl)
         pl.set_defaults(fn=lambda ns: (print(plot(Path(ns.results_dir))), 0)[1])
