@@ -3,9 +3,12 @@ the cluster exporter's queue, worker and ledger series, and promtool on the real
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -183,3 +186,34 @@ def test_scrape_is_cheap(stack):
         "inferpool_worker_up",
         "inferpool_drift_window_samples",
     }
+
+
+def test_each_process_group_gets_its_own_metrics_dir(tmp_path):
+    """A group's directory is <root>/<group>-<pid>; dead groups' directories go; prometheus_client imported
+    before the directory was chosen still writes multiprocess files (the CLI imports subcommand modules first)."""
+    stale = tmp_path / "worker-work-999999999"
+    stale.mkdir()
+    (stale / "counter_1.db").write_bytes(b"")
+    code = """
+import os, sys
+import prometheus_client  # before any directory exists, as the CLI's optional commands do
+from inferpool.telemetry import use_metrics_dir
+os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+d = use_metrics_dir("api")
+from inferpool import metrics
+metrics.JOBS_ACCEPTED.labels(route="/v1/jobs").inc()
+print(d, sorted(p.name for p in d.iterdir()))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    group, files = r.stdout.split(" ", 1)
+    assert "inferpool-metrics-" in group and group.rsplit("-", 1)[1].isdigit()
+    assert "counter_" in files  # multiprocess mode despite the early import
+    shutil.rmtree(Path(group).parent, ignore_errors=True)
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path)
+    r = subprocess.run([sys.executable, "-c", code.replace('os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)', "")],
+                       env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert Path(r.stdout.split(" ", 1)[0]).parent == tmp_path
+    assert not stale.exists()  # its main process is gone
