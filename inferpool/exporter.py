@@ -278,8 +278,7 @@ def start_cluster_exporter(
     return serve(
         s.scaler_metrics_port if port is None else port,
         [cluster, *extra],
-        # The scaler engineer's setting when present; the API's bind address otherwise.
-        addr or getattr(s, "scaler_metrics_host", s.api_host),
+        addr or s.scaler_metrics_host,
         targets=cluster.targets,
     )
 
@@ -307,5 +306,5 @@ def add_exporter_command(sub: Any) -> None:
     """Register ``inferpool exporter`` (for deployments that run no scaler)."""
     p = sub.add_parser("exporter", help="export cluster metrics from Redis: queues, workers, ledger, drift")
     p.add_argument("--port", type=int, help="default: INFERPOOL_SCALER_METRICS_PORT (the scaler serves them there)")
-    p.add_argument("--address", help="default: INFERPOOL_API_HOST")
+    p.add_argument("--address", help="default: INFERPOOL_SCALER_METRICS_HOST")
     p.set_defaults(fn=run_exporter)

@@ -149,6 +149,8 @@ def _banner(api: str, s, flower_password: str | None, var: Path) -> None:
     if flower_password:
         print(f"flower   http://{s.api_host}:{s.flower_port}   user admin, password {flower_password} (generated)")
     print(f"logs     {var / 'logs'}")
+    cluster = f"http://{s.scaler_metrics_host}:{s.scaler_metrics_port}"
+    print(f"metrics  cluster {cluster}/metrics, workers at {cluster}/targets (deploy/prometheus/prometheus.yml)")
     print("try it:")
     x = ", ".join(["0.5"] * 20)
     print(f"  curl -s -X POST {api}/predict -H 'content-type: application/json' -d '{{\"X\": [{x}]}}'")
