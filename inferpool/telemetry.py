@@ -17,7 +17,7 @@ too and scraping the workers as well would count them twice. Hence:
   or one Celery worker with its prefork children. ``use_metrics_dir(group)``
   points the group at ``<root>/<group>-<pid of its main process>``, where the
   root is the ``PROMETHEUS_MULTIPROC_DIR`` the command was given (``inferpool
-  up`` gives ``var/prometheus``) or a fresh temp dir. A restarted group never
+  up`` gives ``var/prometheus``), else ``$TMPDIR/inferpool-metrics``. A restarted group never
   reuses a predecessor's files (no stale counters summed in), and directories
   of dead main processes are removed when the next group starts.
 * **each group exposed once, on its own port**: the API at ``/metrics`` on the
@@ -56,6 +56,9 @@ from inferpool.settings import Settings
 logger = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Root used when none is given (Procfile, a bare `inferpool worker`): one fixed place per host, so
+# each start clears the directories its dead predecessors left.
+DEFAULT_ROOT_NAME = "inferpool-metrics"
 _GROUP_DIR = re.compile(r"^[\w.@-]+-(\d+)$")
 _STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "color_message"}
 
@@ -129,8 +132,13 @@ def use_metrics_dir(group: str) -> Path:
     Call it in the group's main process before any metric exists; children inherit it.
     """
     root_env = os.environ.get(MULTIPROC_ENV)
-    root = Path(root_env) if root_env else Path(tempfile.mkdtemp(prefix="inferpool-metrics-"))
-    root.mkdir(parents=True, exist_ok=True)
+    root = Path(root_env) if root_env else Path(tempfile.gettempdir()) / DEFAULT_ROOT_NAME
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError:  # another user's root on a shared host
+        root = Path(tempfile.mkdtemp(prefix=f"{DEFAULT_ROOT_NAME}-"))
     _remove_dead_groups(root)
     safe = re.sub(r"[^\w.@-]", "_", group)
     d = root / f"{safe}-{os.getpid()}"

@@ -208,9 +208,9 @@ print(d, sorted(p.name for p in d.iterdir()))
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     group, files = r.stdout.split(" ", 1)
-    assert "inferpool-metrics-" in group and group.rsplit("-", 1)[1].isdigit()
+    assert "inferpool-metrics" in group and group.rsplit("-", 1)[1].isdigit()
     assert "counter_" in files  # multiprocess mode despite the early import
-    shutil.rmtree(Path(group).parent, ignore_errors=True)
+    shutil.rmtree(group, ignore_errors=True)
     env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path)
     r = subprocess.run([sys.executable, "-c", code.replace('os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)', "")],
                        env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
