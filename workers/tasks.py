@@ -38,7 +38,7 @@ REDIS_PATIENCE_S = 3.0
 REDIS_RETRY_PAUSE_S = 0.2
 SOFT_LIMIT_MARGIN_S = 0.5
 
-# KEYS: job hash, done set, ledger; ARGV: chunk, rows, ttl, now, queue_wait, run_s
+# KEYS: job hash, done set, ledger, chunk input; ARGV: chunk, rows, ttl, now, queue_wait, run_s
 # The outcome counts in the ledger only once the API has accepted the job (api/jobs.py counts it then
 # if it finished first); a job whose hash expired is left alone rather than rebuilt without a TTL.
 _FINISH_CHUNK = """
@@ -49,6 +49,7 @@ if added == 0 then
   redis.call('HINCRBY', KEYS[3], 'duplicates', 1)
   return -1
 end
+redis.call('DEL', KEYS[4])  -- done: its rows need not wait out the TTL (a later copy sees it done)
 redis.call('HINCRBY', KEYS[1], 'rows_done', ARGV[2])
 redis.call('HINCRBYFLOAT', KEYS[1], 'queue_wait_sum_s', ARGV[5])
 redis.call('HINCRBYFLOAT', KEYS[1], 'run_sum_s', ARGV[6])
@@ -136,6 +137,10 @@ def _predict(self: Any, spec: dict[str, Any]) -> None:
             time.sleep(spec["work_ms"] / 1000.0)
     except TRANSIENT_REDIS_ERRORS:
         raise  # not the input's fault: never report the job failed for it
+    except _ChunkDone:
+        rt.redis.hincrby(keys.LEDGER, "duplicates", 1)
+        metrics.DUPLICATES.inc()
+        return
     except Exception as exc:
         metrics.TASKS_COMPLETED.labels(queue=queue, outcome="failure").inc()
         logger.exception(
@@ -185,6 +190,10 @@ def _count_redelivery(rt: Any, queue: str) -> None:
     rt.redis.hincrby(keys.LEDGER, "redelivered", 1)
 
 
+class _ChunkDone(Exception):
+    """A redelivered copy of a chunk whose first run finished and freed its rows: a duplicate."""
+
+
 def _load_rows(spec: dict[str, Any], rt: Any) -> Any:
     n_features = rt.manifest.n_features
     if not spec.get("n"):
@@ -193,6 +202,8 @@ def _load_rows(spec: dict[str, Any], rt: Any) -> Any:
         return codec.rows_from_b64(spec["rows"], n_features)
     data = rt.redis.get(keys.job_input(spec["job"], spec["chunk"]))
     if data is None:
+        if rt.redis.sismember(keys.job_done_chunks(spec["job"]), spec["chunk"]):
+            raise _ChunkDone
         raise LookupError(f"input of job {spec['job']} chunk {spec['chunk']} has expired")
     return codec.rows_from_bytes(data, n_features)
 
@@ -202,7 +213,7 @@ def _finish_chunk(spec: dict, rt: Any, preds: Any, wait_s: float, run_s: float, 
     pipe = rt.redis.pipeline(transaction=False)
     pipe.set(keys.job_output(job_id, chunk), codec.preds_to_bytes(preds), ex=ttl)
     pipe.eval(
-        _FINISH_CHUNK, 3, keys.job(job_id), keys.job_done_chunks(job_id), keys.LEDGER,
+        _FINISH_CHUNK, 4, keys.job(job_id), keys.job_done_chunks(job_id), keys.LEDGER, keys.job_input(job_id, chunk),
         chunk, len(preds), ttl, now, wait_s, run_s,
     )  # fmt: skip
     _sample(pipe, spec.get("queue", ""), wait_s, run_s)
