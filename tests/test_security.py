@@ -7,10 +7,14 @@ admin keys set and every process logging at DEBUG, then greps all its logs for t
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import shutil
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -314,6 +318,74 @@ def test_rediss_urls_verify_certificates_by_default():
         assert client.connection_pool.connection_class.__name__ == "SSLConnection"
         assert kwargs.get("ssl_cert_reqs", "required") in ("required", ssl.CERT_REQUIRED)
         assert kwargs["password"] == "pw"
+
+
+class TlsProxy:
+    """A TLS front for a plain redis-server (the bundled one has no TLS), on a thread of its own."""
+
+    def __init__(self, target_port: int, cert: Path, key: Path) -> None:
+        self.target_port = target_port
+        self.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.ctx.load_cert_chain(cert, key)
+        self.port = 0
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        threading.Thread(target=self.loop.run_until_complete, args=(self._serve(ready),), daemon=True).start()
+        ready.wait(5)
+
+    async def _serve(self, ready: threading.Event) -> None:
+        server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.ctx)
+        self.port = server.sockets[0].getsockname()[1]
+        ready.set()
+        async with server:
+            await server.serve_forever()
+
+    async def _handle(self, tls_r: asyncio.StreamReader, tls_w: asyncio.StreamWriter) -> None:
+        try:
+            plain_r, plain_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            tls_w.close()
+            return
+
+        async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            w.close()
+
+        await asyncio.gather(pump(tls_r, plain_w), pump(plain_r, tls_w))
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_stack_runs_over_rediss_and_refuses_an_untrusted_server(stack_factory, tmp_path, reference_model):
+    from workers.app import make_app
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    st = stack_factory()
+    proxy = TlsProxy(st.redis.port, cert, key)
+    tls_url = f"rediss://127.0.0.1:{proxy.port}/0"
+    # Without the CA the certificate is refused by every client: nothing falls back to unverified TLS.
+    with pytest.raises(redis.exceptions.ConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+        redis.Redis.from_url(tls_url, socket_connect_timeout=2).ping()
+    broker = make_app(Settings(redis_url=tls_url)).connection_for_write()
+    with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"), broker as conn:
+        conn.ensure_connection(max_retries=1)
+    # With it, the whole stack runs over TLS: API, worker, broker, results.
+    trusted = f"{tls_url}?ssl_ca_certs={cert}"
+    st.env["REDIS_URL"] = trusted
+    st.start_worker("all", concurrency=1)
+    X = np.random.default_rng(5).normal(size=(3, N_FEATURES))
+    with httpx.Client(base_url=st.start_api(), timeout=30) as c:
+        r = c.post("/v1/predict", json={"instances": X.tolist()})
+        assert r.status_code == 200 and r.json()["predictions"] == reference_model.predict(X).tolist()
+        job = c.post("/v1/jobs", json={"instances": X.tolist()}).json()["job_id"]
+        assert wait_job(c, job)["predictions"] == reference_model.predict(X).tolist()
 
 
 def test_no_secret_in_any_log(secure):
