@@ -122,7 +122,10 @@ class Scaler:
         d = self.policy(sig.observation(actual), self.state, cfg)
         outcome = None
         if d.direction is Direction.HOLD:
-            logger.debug("hold at %d: %s (need %d)", actual, d.reason, d.need)
+            logger.debug(
+                "hold at %d: %s (need %d; rate %s/s, depth %d, oldest wait %.3f s)",
+                actual, d.reason, d.need, _round(sig.arrival_rate_per_s, 2), sig.depth, sig.oldest_wait_s,
+            )  # fmt: skip
             self.metrics.decision(d.direction.value, d.reason.value)
             self.state = d.state
             if not self.dry_run:

@@ -26,8 +26,8 @@ from inferpool import keys, queues
 from scaler.policy import Observation
 
 RATE_LONG_S = 15.0  # steady window: at 12 tasks/s a 15 s count has ~7% Poisson noise
-RATE_SHORT_S = 2.0  # the recent span tested against the steady rate for a step
-RATE_CHANGE_Z = 5.0  # a step is a recent count this many Poisson deviations off the steady rate...
+RATE_MIN_REF_S = 2.0  # a step is judged against at least this much steady history...
+RATE_CHANGE_Z = 5.0  # ...and is a newest interval this many Poisson deviations off the steady rate...
 RATE_MIN_CHANGE = 5.0  # ...and at least this many tasks off
 RATE_MIN_SPAN_S = 0.5
 RATE_RESET_DROP = 50.0  # the cumulative count fell this much: Redis restarted or a queue was purged
@@ -41,13 +41,15 @@ class ArrivalRate:
     """Rate of a cumulative count read once a tick, over an adaptive window.
 
     Steady, the window is the last ``long_s`` seconds: low noise, so a noisy load moves nothing. When the
-    last ``short_s`` seconds hold significantly more or fewer arrivals than the steady rate predicts
-    (Poisson: ``z`` standard deviations), the window restarts at the newest interval, so a step is
-    measured within a tick or two from post-step arrivals only, then refined as the window grows back.
+    newest interval alone holds significantly more or fewer arrivals than the steady rate predicts
+    (Poisson, ``z`` deviations), the window restarts at that interval: the step is measured from
+    post-step arrivals only, then refined as the window grows back. Testing the newest interval alone
+    (not the last few seconds) mostly fires on the first whole interval after the step, rarely on the
+    one it began in, whose mixed count would understate a rise.
     """
 
-    def __init__(self, long_s: float = RATE_LONG_S, short_s: float = RATE_SHORT_S, z: float = RATE_CHANGE_Z) -> None:
-        self.long_s, self.short_s, self.z = long_s, short_s, z
+    def __init__(self, long_s: float = RATE_LONG_S, min_ref_s: float = RATE_MIN_REF_S, z: float = RATE_CHANGE_Z):
+        self.long_s, self.min_ref_s, self.z = long_s, min_ref_s, z
         self.points: deque[tuple[float, float]] = deque()  # (t_s, cumulative count), oldest first
         self.changes = 0  # steps detected, for logs and tests
 
@@ -60,15 +62,16 @@ class ArrivalRate:
         self._detect_step()
 
     def _detect_step(self) -> None:
-        t, c = self.points[-1]
-        ref = [p for p in self.points if p[0] <= t - self.short_s]
-        if len(ref) < 2 or ref[-1][0] - ref[0][0] < self.short_s:
+        if len(self.points) < 3:
             return
-        ref_rate = (ref[-1][1] - ref[0][1]) / (ref[-1][0] - ref[0][0])
-        expected = max(0.0, ref_rate) * (t - ref[-1][0])
-        diff = (c - ref[-1][1]) - expected
-        # Poisson variance of the recent count, plus that of the steady rate it is compared with.
-        variance = max(expected, 1.0) + expected**2 / max(ref[-1][1] - ref[0][1], 1.0)
+        (t_ref, c_ref), (t0, c0), (t1, c1) = self.points[0], self.points[-2], self.points[-1]
+        if t0 - t_ref < self.min_ref_s:
+            return
+        ref_rate = (c0 - c_ref) / (t0 - t_ref)
+        expected = max(0.0, ref_rate) * (t1 - t0)
+        diff = (c1 - c0) - expected
+        # Poisson variance of the newest count, plus that of the steady rate it is compared with.
+        variance = max(expected, 1.0) + expected**2 / max(c0 - c_ref, 1.0)
         if abs(diff) >= RATE_MIN_CHANGE and abs(diff) > self.z * math.sqrt(variance):
             while len(self.points) > 2:
                 self.points.popleft()

@@ -35,16 +35,17 @@ def test_steady_poisson_load_is_measured_within_the_policys_noise_band(seed: int
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_a_step_is_measured_from_post_step_arrivals_within_two_reads(seed: int) -> None:
+def test_a_step_up_is_measured_from_post_step_arrivals_within_two_reads(seed: int) -> None:
     rate = ArrivalRate()
-    for t, c in enumerate(counts([12.0] * 60 + [36.0] * 30 + [12.0] * 3, seed)):
+    for t, c in enumerate(counts([12.0] * 60 + [36.0] * 30 + [12.0] * 17, seed)):
         rate.add(float(t), c)
         if t == 61:  # two reads after the step
             assert rate.changes == 1
-            assert rate.rate() > 36.0 * 0.6
+            assert rate.rate() > 36.0 * 0.7
         if t == 89:
             assert rate.rate() == pytest.approx(36.0, rel=0.25)
-    assert rate.changes == 2 and rate.rate() < 24.0  # a fall is found as fast
+    # a fall needs no haste (scale-down waits a whole window anyway): the steady window follows it
+    assert rate.rate() == pytest.approx(12.0, rel=0.25)
 
 
 def test_a_count_that_falls_restarts_the_estimate() -> None:
