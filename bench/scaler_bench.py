@@ -121,7 +121,7 @@ def _wait_ready(url: str, procs: list[subprocess.Popen]) -> None:
 
 
 @contextmanager
-def stack(policy: Policy, model_dir: Path, var: Path) -> Iterator[tuple[str, redis.Redis]]:
+def stack(policy: Policy, model_dir: Path, var: Path, scaler_log_level: str) -> Iterator[tuple[str, redis.Redis]]:
     """Redis, online worker, the policy's work worker, API and (maybe) scaler; yields (API URL, Redis client)."""
     var.mkdir(parents=True, exist_ok=True)
     srv = LocalRedis(var / "redis", aof=False).start()
@@ -150,12 +150,7 @@ def stack(policy: Policy, model_dir: Path, var: Path) -> Iterator[tuple[str, red
         url = f"http://127.0.0.1:{port}"
         _wait_ready(url, procs)
         if policy.scaler_env is not None:
-            spawn(
-                "scaler",
-                [*cli, "scaler"],
-                INFERPOOL_LOG_LEVEL=os.environ.get("BENCH_SCALER_LOG", "INFO"),
-                **policy.scaler_env,
-            )
+            spawn("scaler", [*cli, "scaler"], INFERPOOL_LOG_LEVEL=scaler_log_level, **policy.scaler_env)
         yield url, redis.Redis.from_url(srv.url)
     finally:
         for p in reversed(procs):
@@ -168,7 +163,7 @@ def stack(policy: Policy, model_dir: Path, var: Path) -> Iterator[tuple[str, red
         srv.stop(kill=True)
 
 
-def run_policy(policy: Policy, phases: tuple[Phase, ...], model_dir: Path, out: Path) -> dict:
+def run_policy(policy: Policy, phases: tuple[Phase, ...], model_dir: Path, out: Path, log_level: str) -> dict:
     profile = out / "profile.csv"
     out.mkdir(parents=True, exist_ok=True)
     t, rows = 0, []
@@ -176,7 +171,7 @@ def run_policy(policy: Policy, phases: tuple[Phase, ...], model_dir: Path, out: 
         rows.append(f"{t},{ph.rate:g}")
         t += ph.seconds
     profile.write_text("second,rate\n" + "\n".join(rows) + "\n")
-    with stack(policy, model_dir, out / "stack") as (url, client):
+    with stack(policy, model_dir, out / "stack", log_level) as (url, client):
         time.sleep(3.0)  # the scaler's first ticks; pools settle at their start size
         rec = Recorder(client)
         thread = threading.Thread(target=rec.run, daemon=True)
@@ -200,6 +195,7 @@ def main() -> None:
     p.add_argument("--static-procs", type=int, help="size of the static pool (default --max)")
     p.add_argument("--policies", nargs="+", default=["tutorial", "autoscale", "static", "inferpool"])
     p.add_argument("--out", type=Path, default=Path("results"))
+    p.add_argument("--scaler-log-level", default="INFO", help="DEBUG logs every tick's hold and its reason")
     ns = p.parse_args()
     phases = SHORT if ns.short else FULL
     chosen = policies(ns.max, ns.static_procs or ns.max)
@@ -211,7 +207,7 @@ def main() -> None:
     results = {"phases": [ph._asdict() for ph in phases], "seed": SEED, "cores": os.cpu_count(), "policies": {}}
     for name in ns.policies:
         print(f"{name}: {total} s of load ...", flush=True)
-        results["policies"][name] = run_policy(chosen[name], phases, model_dir, run_dir / name)
+        results["policies"][name] = run_policy(chosen[name], phases, model_dir, run_dir / name, ns.scaler_log_level)
     print()
     print(table(results))
     path = ns.out / f"scaler-bench-{stamp}.json"
