@@ -120,7 +120,13 @@ def celery_config(s: Settings) -> dict:
 def make_app(s: Settings | None = None) -> Celery:
     app = Celery("inferpool")
     app.conf.update(celery_config(s or get_settings()))
-    app.conf.imports = ("workers.tasks", "workers.heartbeat", "workers.metrics_server", "workers.flower")
+    app.conf.imports = (
+        "workers.tasks",
+        "workers.heartbeat",
+        "workers.metrics_server",
+        "workers.flower",
+        "workers.control",
+    )
     return app
 
 
