@@ -161,10 +161,11 @@ def parse_npy(body: bytes) -> np.ndarray:
     return X.astype(np.float64, copy=False)
 
 
-def require_json(request: Request) -> None:
+async def require_json(request: Request) -> None:
     """Dependency of the JSON-body routes: another content type is a 415, as on ``/v1/jobs``.
 
     No content type at all is read as JSON (FastAPI does the same), so ``curl -d`` keeps working.
+    Async on purpose: FastAPI runs a sync dependency on a thread, a hop per request.
     """
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype and ctype != "application/json" and not (ctype.startswith("application/") and ctype.endswith("+json")):

@@ -1,4 +1,8 @@
-"""Load clients for the benchmarks: wrk for peak throughput, small asyncio clients for timed workloads."""
+"""Load clients for the benchmarks: wrk for peak throughput, a lean asyncio client for timed workloads.
+
+Both systems are measured with the same clients in the same run; the clients are chosen to cost
+little CPU, since they share the machine's 2 cores with the system under test.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+
+from bench.rawhttp import RawClient
 
 LUA = Path(__file__).with_name("predict.lua")
 _UNITS_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
@@ -58,12 +64,11 @@ def _row(rng: np.random.Generator) -> list[float]:
     return rng.normal(size=20).round(6).tolist()
 
 
-async def _timed_post(client: httpx.AsyncClient, body: dict, out: list, work: int) -> None:
+async def _timed_post(client: RawClient, body: dict, out: list, work: int) -> None:
     t = time.perf_counter()
     try:
-        r = await client.post("/predict", json=body)
-        status = r.status_code
-    except httpx.HTTPError:
+        status, _ = await client.post("/predict", body)
+    except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError):
         status = 0
     out.append((work, time.perf_counter() - t, status))
 
@@ -72,8 +77,8 @@ async def _bursts(url: str, seconds: int, size: int, mix: list[tuple[int, float]
     rng = np.random.default_rng(seed)
     works, probs = zip(*mix, strict=True)
     out: list = []
-    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+    client = RawClient(url, timeout_s=60)
+    try:
         tasks = []
         start = time.perf_counter()
         for i in range(seconds):
@@ -83,6 +88,8 @@ async def _bursts(url: str, seconds: int, size: int, mix: list[tuple[int, float]
                 body = {"X": _row(rng), "work": int(w)}
                 tasks.append(asyncio.create_task(_timed_post(client, body, out, int(w))))
         await asyncio.gather(*tasks)
+    finally:
+        await client.close()
     return out
 
 
@@ -94,13 +101,16 @@ def bursts(url: str, seconds: int, size: int, mix: list[tuple[int, float]], seed
 async def _steady(url: str, rate: float, seconds: int, seed: int) -> list:
     rng = np.random.default_rng(seed)
     out: list = []
-    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+    client = RawClient(url, timeout_s=60)
+    try:
         tasks = []
         start = time.perf_counter()
         for i in range(int(rate * seconds)):
             await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
             tasks.append(asyncio.create_task(_timed_post(client, {"X": _row(rng), "work": 0}, out, 0)))
         await asyncio.gather(*tasks)
+    finally:
+        await client.close()
     return out
 
 
