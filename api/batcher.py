@@ -72,7 +72,7 @@ class CostModel:
 
 
 @dataclass
-class _Entry:
+class Entry:
     rows: np.ndarray
     arrived: float
     future: asyncio.Future = field(repr=False)
@@ -98,7 +98,7 @@ class Batcher:
         self.max_in_flight = max_in_flight
         self.reply_timeout_s = reply_timeout_s
         self.cost = CostModel()
-        self._pending: deque[_Entry] = deque()
+        self._pending: deque[Entry] = deque()
         self._changed = asyncio.Event()
         self._in_flight = 0
         self._runner: asyncio.Task | None = None
@@ -115,9 +115,9 @@ class Batcher:
             if not e.future.done():
                 e.future.cancel()
 
-    def submit(self, rows: np.ndarray) -> _Entry:
+    def submit(self, rows: np.ndarray) -> Entry:
         """Queue rows for the next batch; await ``entry.future`` for a BatchAnswer."""
-        entry = _Entry(rows=rows, arrived=time.monotonic(), future=asyncio.get_running_loop().create_future())
+        entry = Entry(rows=rows, arrived=time.monotonic(), future=asyncio.get_running_loop().create_future())
         self._pending.append(entry)
         self._changed.set()
         return entry
@@ -155,7 +155,7 @@ class Batcher:
             if len(self._pending) == before:
                 return
 
-    def _take(self, limit: int) -> list[_Entry]:
+    def _take(self, limit: int) -> list[Entry]:
         batch = [self._pending.popleft()]
         rows = len(batch[0].rows)
         while self._pending and rows + len(self._pending[0].rows) <= limit:
@@ -163,7 +163,7 @@ class Batcher:
             batch.append(self._pending.popleft())
         return batch
 
-    async def _send(self, batch: list[_Entry]) -> None:
+    async def _send(self, batch: list[Entry]) -> None:
         self._in_flight += 1
         try:
             await self._send_and_wait(batch)
@@ -171,7 +171,7 @@ class Batcher:
             self._in_flight -= 1
             self._changed.set()
 
-    async def _send_and_wait(self, batch: list[_Entry]) -> None:
+    async def _send_and_wait(self, batch: list[Entry]) -> None:
         rows = batch[0].rows if len(batch) == 1 else np.concatenate([e.rows for e in batch])
         now = time.monotonic()
         for e in batch:
@@ -196,7 +196,7 @@ class Batcher:
             return
         self._deliver(batch, reply)
 
-    def _deliver(self, batch: list[_Entry], reply: Reply) -> None:
+    def _deliver(self, batch: list[Entry], reply: Reply) -> None:
         if reply.predictions is None:
             err = RuntimeError(reply.error or "prediction failed")
             for e in batch:

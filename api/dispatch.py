@@ -79,7 +79,10 @@ class Dispatcher:
         self.instance = uuid.uuid4().hex[:12]
         self.reply_key = keys.reply_list(self.instance)
         self._ttl = result_ttl_s
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
+        # Two publish lanes, each one thread (a producer is never shared across threads): micro-batches of
+        # light rows never queue behind a burst of work tasks or job chunks being published.
+        self._online_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish-online")
+        self._other_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
         self._sync = sync_client(redis_url)
         self._blocking = async_client(redis_url, blocking=True)
         self._async = async_client(redis_url)
@@ -109,7 +112,8 @@ class Dispatcher:
 
     async def publish(self, task_id: str, spec: dict[str, Any], queue: str) -> None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, self._publish_sync, task_id, spec, queue)
+        lane = self._online_lane if queue == keys.QUEUE_ONLINE else self._other_lane
+        await loop.run_in_executor(lane, self._publish_sync, task_id, spec, queue)
 
     async def _mark_pending(self, task_id: str, reqs: int) -> None:
         """Let GET /v1/jobs answer "queued" before the result exists, and count the requests as accepted.
@@ -186,4 +190,5 @@ class Dispatcher:
         await self._blocking.aclose()
         await self._async.aclose()
         self._sync.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for lane in (self._online_lane, self._other_lane):
+            lane.shutdown(wait=False, cancel_futures=True)

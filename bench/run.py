@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import clients
+from bench import clients, cpu
 from bench.harness import inferpool_stack, reference_server
 from inferpool import model_store
 
@@ -45,7 +45,10 @@ def run_system(url: str, ns: argparse.Namespace, X: np.ndarray, is_ref: bool) ->
     out: dict = {}
     best, points = clients.peak(f"{url}/predict", tuple(ns.connections), ns.peak_seconds, P99_BOUND_S)
     out["peak"] = {"best": asdict(best) if best else None, "points": [asdict(p) for p in points]}
+    before = cpu.snapshot()
     out["burst"] = latency_summary(clients.bursts(url, ns.burst_seconds, 30, MIX))
+    # The profile behind the burst figures: CPU seconds per role over the whole scenario.
+    out["burst"]["cpu_s"] = cpu.diff(before, cpu.snapshot())
     out["light"] = latency_summary(clients.steady(url, 30, ns.light_seconds))
     if not is_ref:
         secs, preds = clients.bulk_job(url, X)
@@ -126,6 +129,10 @@ def main() -> None:
     print()
     print(table(res))
     print(f"\n200k-row job predictions equal in-process predict: {same}")
+    bursts = ns.burst_seconds
+    for name in ("inferpool", "reference"):
+        per_burst = {k: f"{1000 * v / bursts:.0f} ms" for k, v in res[name]["burst"]["cpu_s"].items() if v > 0}
+        print(f"CPU per 30-request burst, {name}: {per_burst}")
     path = out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(res, indent=2))
     print(f"results: {path}")

@@ -7,6 +7,7 @@ import asyncio
 import numpy as np
 from fastapi import APIRouter, Depends, Request
 
+from api.batcher import Entry
 from api.inputs import check_values, require_json
 from api.responses import OrjsonResponse
 from api.schemas import CompatRequest, CompatResponse, ErrorBody, PredictRequest, PredictResponse
@@ -51,12 +52,15 @@ async def predict_rows(st: ApiState, X: np.ndarray, work_ms: int, route: str) ->
     # own on the work queue that holds one work process for work_ms, so no light request waits behind it.
     loop = asyncio.get_running_loop()
     deadline = loop.time() + s.predict_timeout_s
+    # The row joins a batch before the work task is published: a burst of heavy requests must not
+    # hold back the model call of the light ones.
+    entry = st.batcher.submit(X) if X.shape[0] <= s.batch_max_rows else None
     work = await st.dispatcher.publish_rows(None, work_ms, keys.QUEUE_WORK, reqs=0) if work_ms else None
     try:
-        if X.shape[0] > s.batch_max_rows:
+        if entry is None:
             preds, job_id, version = await _own_task(st, X)
         else:
-            preds, job_id, version = await _batched(st, X)
+            preds, job_id, version = await _batched(st, entry)
         if work is not None:
             try:
                 reply = await asyncio.wait_for(work[1], max(0.05, deadline - loop.time()))
@@ -82,8 +86,7 @@ async def _own_task(st: ApiState, X: np.ndarray) -> tuple[np.ndarray, str, str]:
     return reply.predictions, f"{task_id}.0.{X.shape[0]}", reply.model_version
 
 
-async def _batched(st: ApiState, X: np.ndarray) -> tuple[np.ndarray, str, str]:
-    entry = st.batcher.submit(X)
+async def _batched(st: ApiState, entry: Entry) -> tuple[np.ndarray, str, str]:
     try:
         answer = await asyncio.wait_for(asyncio.shield(entry.future), st.settings.predict_timeout_s)
     except TimeoutError:
