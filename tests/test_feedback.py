@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -19,47 +13,10 @@ from inferpool import keys
 from inferpool.feedback import FeedbackEntry, aentries, asummary, record_feedback, summarize
 
 
-def _redis_server_binary() -> str:
-    found = shutil.which("redis-server") or str(Path(sys.executable).parent / "redis-server")
-    if not Path(found).exists():
-        pytest.fail("redis-server not found on PATH or beside the venv's python")
-    return found
-
-
-@pytest.fixture(scope="module")
-def _drift_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A throwaway redis-server on a free port (never 6379); yields its URL.
-
-    Same as tests/test_drift.py's, local until the shared fixture lands in tests/conftest.py.
-    """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data_dir = tmp_path_factory.mktemp("feedback-redis")
-    proc = subprocess.Popen(
-        [_redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        + ["--dir", str(data_dir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        client = redis.Redis.from_url(url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"redis-server on port {port} did not start")
-                time.sleep(0.05)
-        client.flushdb()
-        client.close()
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+@pytest.fixture
+def _drift_redis(redis_server) -> str:
+    """The session's redis-server (tests/conftest.py), database 6: flushing it never touches the shared stack's."""
+    return redis_server.url.rsplit("/", 1)[0] + "/6"
 
 
 @pytest.fixture
