@@ -110,10 +110,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     var = out / "bench-var"
     model_dir = var / "models"
-    try:
-        model_store.read_manifest(model_dir)
-    except Exception:
-        model_store.train_reference(model_dir)
+    model_store.ensure_reference(model_dir)
     X = np.random.default_rng(42).normal(size=(ns.rows, 20)).astype(np.float32)
     res: dict = {"machine": {"cores": __import__("os").cpu_count()}, "settings": vars(ns)}
     print("reference server ...", flush=True)

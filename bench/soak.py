@@ -234,10 +234,7 @@ def main() -> None:
     out = Path(ns.out)
     var = out / "soak-var"
     model_dir = var / "models"
-    try:
-        model_store.read_manifest(model_dir)
-    except Exception:
-        model_store.train_reference(model_dir)
+    model_store.ensure_reference(model_dir)
     model, _ = model_store.load_model(model_dir)
     shutil.rmtree(var / "stack", ignore_errors=True)  # a fresh Redis: the ledger counts this run only
     print(f"soak: {ns.minutes:g} min at {ns.rate:g} req/s on inferpool up ...", flush=True)

@@ -135,6 +135,17 @@ def train_reference(
     return save_model(model, X, y, model_dir)
 
 
+def ensure_reference(model_dir: Path) -> tuple[Manifest, bool]:
+    """The served model's manifest, training the reference model first if the directory has none.
+
+    Returns (manifest, trained now).
+    """
+    try:
+        return read_manifest(model_dir), False
+    except ModelError:
+        return train_reference(model_dir), True
+
+
 def register_model(model_path: Path, X_train: np.ndarray, y_train: np.ndarray, model_dir: Path) -> Manifest:
     """Register a user's own joblib model, summarised against the data it was trained on.
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import httpx
 
 from inferpool import model_store
-from inferpool.errors import ModelError
 from inferpool.local_redis import LocalRedis
 from inferpool.processes import PROCESSES, ProcessSpec
 from inferpool.settings import get_settings
@@ -97,10 +96,8 @@ def up(ns: argparse.Namespace) -> int:
         redis_proc = LocalRedis(var / "redis", aof=True).start()
         env["REDIS_URL"] = redis_proc.url
         print(f"redis    {redis_proc.url} (private, AOF in {var / 'redis'})")
-    try:
-        model_store.read_manifest(s.model_dir)
-    except ModelError:
-        m = model_store.train_reference(s.model_dir)
+    m, trained = model_store.ensure_reference(s.model_dir)
+    if trained:
         print(f"model    trained reference model {m.version} into {s.model_dir}")
     metrics_dir = var / "prometheus"
     shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -18,6 +18,7 @@ from test_monitoring_support import has, parse, scrape, scrape_text, value, wait
 from inferpool import keys
 from inferpool.exporter import ClusterCollector, serve
 from inferpool.settings import Settings
+from tests.support.jobs import wait_job
 
 N_FEATURES = 20
 ONLINE, WORK, BULK = keys.QUEUE_ONLINE, keys.QUEUE_WORK, keys.QUEUE_BULK
@@ -36,17 +37,6 @@ def _urls(stack) -> dict[str, str]:
     }
 
 
-def _wait_job(api: httpx.Client, job_id: str) -> dict:
-    out: dict = {}
-
-    def done() -> bool:
-        out.update(api.get(f"/v1/jobs/{job_id}").json())
-        return out["status"] in ("succeeded", "failed")
-
-    wait_until(done, 60, f"job {job_id}")
-    return out
-
-
 def test_counts_after_known_traffic(stack, api):
     """Requests, tasks, rows and predictions add up exactly; API and worker expositions do not overlap."""
     urls = _urls(stack)
@@ -57,7 +47,7 @@ def test_counts_after_known_traffic(stack, api):
     heavy = api.post("/v1/jobs", json={"instances": rng.normal(size=(100, N_FEATURES)).tolist(), "work_ms": 20})
     assert all(r.status_code == 202 for r in [*jobs, heavy])
     for r in [*jobs, heavy]:
-        assert _wait_job(api, r.json()["job_id"])["status"] == "succeeded"
+        assert wait_job(api, r.json()["job_id"])["status"] == "succeeded"
     for _ in range(20):
         assert api.post("/v1/predict", json={"instances": rng.normal(size=(1, N_FEATURES)).tolist()}).status_code == 200
 

@@ -11,22 +11,13 @@ import numpy as np
 import pytest
 
 from inferpool import keys
+from tests.support.jobs import wait_job
 
 N_FEATURES = 20
 
 
 def rows(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, N_FEATURES))
-
-
-def wait_job(client: httpx.Client, job_id: str, timeout: float = 60.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        view = client.get(f"/v1/jobs/{job_id}").json()
-        if view["status"] in ("succeeded", "failed"):
-            return view
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish: {view}")
 
 
 def test_job_predictions_equal_model_predict_in_order(api, reference_model):

@@ -27,6 +27,7 @@ import redis
 from inferpool import keys
 from inferpool.local_redis import LocalRedis, free_port, server_command
 from inferpool.settings import Settings
+from tests.support.jobs import wait_job
 
 N_FEATURES = 20
 REDIS_PASSWORD = "redis-pw-3f9a1c77d2"
@@ -90,16 +91,6 @@ def secure(tmp_path_factory, model_dir) -> Iterator:
 
 def _client(st, key: str | None = None) -> httpx.Client:
     return httpx.Client(base_url=st.url, timeout=30, headers={"X-API-Key": key} if key else {})
-
-
-def wait_job(c: httpx.Client, job_id: str, timeout_s: float = 30.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        view = c.get(f"/v1/jobs/{job_id}").json()
-        if view["status"] in ("succeeded", "failed"):
-            return view
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish")
 
 
 DATA_ROUTES = [

@@ -27,6 +27,7 @@ from inferpool import keys
 from inferpool.settings import Settings, get_settings
 
 TASK_SOFT_LIMIT_MARGIN_S = 2
+UNACKED_MUTEX_EXPIRE_S = 10
 # A new pool process loads the model before it reports in; on a loaded host that can take seconds,
 # and at Celery's default (4 s) the parent kills it and forks another, forever.
 POOL_PROCESS_START_TIMEOUT_S = 60.0
@@ -107,6 +108,10 @@ def celery_config(s: Settings) -> dict:
             "visibility_timeout": s.visibility_timeout_s,
             "unacked_restore_interval": s.restore_interval_s,
             "unacked_restore_throttle": 1,
+            # The sweep holds a mutex key in Redis; a worker killed (or a Redis restarted) mid-sweep leaves it
+            # held until it expires, and kombu's default of 300 s would stop every restore for 5 minutes.
+            # A sweep takes milliseconds.
+            "unacked_mutex_expire": UNACKED_MUTEX_EXPIRE_S,
             "socket_connect_timeout": 2,
             "socket_timeout": 10,
             "health_check_interval": 10,
