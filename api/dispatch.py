@@ -22,21 +22,18 @@ from typing import Any
 
 import numpy as np
 import orjson
-import redis
 from celery import Celery
-from kombu.exceptions import OperationalError
 
-from inferpool import codec, keys, metrics
-from inferpool.errors import BrokerUnavailable
+from inferpool import codec, keys
+from inferpool.publish import send_predict
 from inferpool.redis_client import async_client, sync_client
 
 logger = logging.getLogger(__name__)
 
-TASK_NAME = "inferpool.predict"
-
-# KEYS: pending marker, result, ledger; ARGV: now, ttl, requests. Once per task (SET NX). The worker counts
-# an outcome only if this marker exists, so a result that got here first is counted here: each request
-# counts as accepted and as succeeded/failed exactly once, even when Redis fails between publish and mark.
+# KEYS: pending marker, result, ledger, spec, in-flight set; ARGV: now, ttl, requests, spec JSON, in-flight member.
+# Once per task (SET NX). The worker counts an outcome only if this marker exists, so a result that got here
+# first is counted here: each request counts as accepted and as succeeded/failed exactly once, even when Redis
+# fails between publish and mark. Unfinished, the task is kept (rows and all) for the re-dispatcher.
 _MARK_PENDING = """
 if not redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then return 0 end
 redis.call('HINCRBY', KEYS[3], 'accepted', ARGV[3])
@@ -44,6 +41,9 @@ local r = redis.call('GET', KEYS[2])
 if r then
   local outcome = cjson.decode(r)['error'] and 'failed' or 'succeeded'
   redis.call('HINCRBY', KEYS[3], outcome, ARGV[3])
+else
+  redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[2])
+  redis.call('ZADD', KEYS[5], ARGV[1], ARGV[5])
 end
 return 1
 """
@@ -92,38 +92,22 @@ class Dispatcher:
         self._stopping = False
 
     # --- publishing -----------------------------------------------------------
-    def _publish_sync(self, task_id: str, spec: dict[str, Any], queue: str) -> None:
-        try:
-            self.celery.send_task(
-                TASK_NAME,
-                args=[spec],
-                task_id=task_id,
-                queue=queue,
-                headers={keys.ENQUEUED_HEADER: time.time()},
-                argsrepr=f"(rows={spec.get('n')}, work_ms={spec.get('work_ms', 0)})",
-                # Results travel on inferpool's own keys; without this Celery subscribes to a result channel per task.
-                ignore_result=True,
-                kwargsrepr="{}",
-                retry=True,
-            )
-        except (OperationalError, redis.RedisError, OSError) as exc:
-            raise BrokerUnavailable(f"cannot reach Redis: {type(exc).__name__}") from exc
-        metrics.TASKS_ENQUEUED.labels(queue=queue).inc()
-
     async def publish(self, task_id: str, spec: dict[str, Any], queue: str) -> None:
         loop = asyncio.get_running_loop()
         lane = self._online_lane if queue == keys.QUEUE_ONLINE else self._other_lane
-        await loop.run_in_executor(lane, self._publish_sync, task_id, spec, queue)
+        await loop.run_in_executor(lane, send_predict, self.celery, task_id, spec, queue)
 
-    async def _mark_pending(self, task_id: str, reqs: int) -> None:
-        """Let GET /v1/jobs answer "queued" before the result exists, and count the requests as accepted.
+    async def _mark_pending(self, task_id: str, spec: dict[str, Any]) -> None:
+        """Let GET /v1/jobs answer "queued" before the result exists, count the requests as accepted, and
+        keep the task for the re-dispatcher until it finishes.
 
         Kept off the latency path: it runs beside the task, not before it.
         """
         try:
             await self._async.eval(
-                _MARK_PENDING, 3, keys.batch_result(task_id) + ":pending", keys.batch_result(task_id), keys.LEDGER,
-                time.time(), self._ttl, reqs,
+                _MARK_PENDING, 5, keys.batch_result(task_id) + ":pending", keys.batch_result(task_id), keys.LEDGER,
+                keys.batch_spec(task_id), keys.INFLIGHT,
+                time.time(), self._ttl, spec["reqs"], orjson.dumps(spec), keys.inflight_batch(task_id),
             )  # fmt: skip
         except Exception as exc:
             logger.warning("could not mark task %s pending: %s", task_id, type(exc).__name__)
@@ -145,9 +129,10 @@ class Dispatcher:
         except BaseException:
             self._waiting.pop(task_id, None)
             raise
-        marker = asyncio.get_running_loop().create_task(self._mark_pending(task_id, reqs))
-        self._background.add(marker)
-        marker.add_done_callback(self._background.discard)
+        if reqs:  # the simulated-work half of a heavy request answers nobody's poll: nothing to mark
+            marker = asyncio.get_running_loop().create_task(self._mark_pending(task_id, spec))
+            self._background.add(marker)
+            marker.add_done_callback(self._background.discard)
         return task_id, fut
 
     def forget(self, task_id: str) -> None:

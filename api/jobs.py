@@ -12,16 +12,23 @@ from api.dispatch import Dispatcher
 from api.schemas import JobStatus, JobView, Progress, Timings
 from inferpool import codec, keys
 from inferpool.errors import JobNotFound
+from inferpool.publish import chunk_rows, chunk_spec
 
 # KEYS: job hash, ledger. A job counts as accepted once all its chunks are on the queue, and only once
 # (HSETNX); one that already finished (its chunks can outrun this call) has its outcome counted here,
 # because the workers count outcomes only of accepted jobs. A failed submit thus leaves the ledger as it was.
+# An unfinished job joins the in-flight set, where the re-dispatcher watches its progress.
+# KEYS: job hash, ledger, in-flight set; ARGV: now, in-flight member.
 _ACCEPT_JOB = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('HSETNX', KEYS[1], 'accepted', 1) == 0 then return 0 end
 redis.call('HINCRBY', KEYS[2], 'accepted', 1)
 local st = redis.call('HGET', KEYS[1], 'status')
-if st == 'succeeded' or st == 'failed' then redis.call('HINCRBY', KEYS[2], st, 1) end
+if st == 'succeeded' or st == 'failed' then
+  redis.call('HINCRBY', KEYS[2], st, 1)
+else
+  redis.call('ZADD', KEYS[3], ARGV[1], ARGV[2])
+end
 return 1
 """
 
@@ -59,8 +66,8 @@ class JobStore:
             keys.job(job_id),
             mapping={
                 "status": JobStatus.queued.value, "n_rows": n, "n_chunks": n_chunks, "rows_done": 0,
-                "chunks_done": 0, "submitted": now, "work_ms": work_ms, "model_version": model_version,
-                "key_id": key_id,
+                "chunks_done": 0, "chunk_rows": self.chunk_rows, "submitted": now, "work_ms": work_ms,
+                "model_version": model_version, "key_id": key_id,
             },
         )  # fmt: skip
         pipe.expire(keys.job(job_id), self.ttl_s)
@@ -83,12 +90,13 @@ class JobStore:
         return True
 
     async def _publish_and_accept(self, job_id: str, n: int, n_chunks: int, work_ms: int) -> None:
-        queue = keys.QUEUE_WORK if work_ms else keys.QUEUE_BULK
         for k in range(n_chunks):
-            rows_k = min(self.chunk_rows, n - k * self.chunk_rows)
-            spec = {"id": f"{job_id}:{k}", "job": job_id, "chunk": k, "n": rows_k, "work_ms": work_ms, "queue": queue}
-            await self.dispatcher.publish(f"{job_id}-{k}", spec, queue)
-        if await self.redis.eval(_ACCEPT_JOB, 2, keys.job(job_id), keys.LEDGER) == -1:
+            spec = chunk_spec(job_id, k, chunk_rows(n, self.chunk_rows, k), work_ms)
+            await self.dispatcher.publish(keys.chunk_task_id(job_id, k), spec, spec["queue"])
+        accepted = await self.redis.eval(
+            _ACCEPT_JOB, 3, keys.job(job_id), keys.LEDGER, keys.INFLIGHT, time.time(), keys.inflight_job(job_id)
+        )
+        if accepted == -1:
             raise JobNotFound(f"job {job_id!r} expired before it was accepted (INFERPOOL_RESULT_TTL_S too short?)")
 
     async def get(self, job_id: str, with_predictions: bool = True) -> JobView:

@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 # A worker whose heartbeat is older than keys.WORKER_STALE_S reads up=0; after this
 # long without one it leaves the per-worker series altogether.
 WORKER_GONE_S = 60.0
-LEDGER_FIELDS = ("accepted", "succeeded", "failed", "duplicates", "redelivered")
+LEDGER_FIELDS = ("accepted", "succeeded", "failed", "duplicates", "redelivered", "redispatched")
 VERDICTS = tuple(v.value for v in drift.Verdict)
 
 # KEYS[1]: the workers sorted set. ARGV[1]: oldest heartbeat kept, ARGV[2]: heartbeat hash prefix.
@@ -180,6 +180,11 @@ class ClusterCollector:
         )
         redelivered.add_metric([], ledger.get("redelivered", 0))
         yield redelivered
+        redispatched = CounterMetricFamily(
+            "inferpool_messages_redispatched", "Lost messages (on no queue, held by no worker) published again"
+        )
+        redispatched.add_metric([], ledger.get("redispatched", 0))
+        yield redispatched
 
     def _worker_families(self, workers: list[WorkerSeen], now: float) -> Iterator[Metric]:
         up = GaugeMetricFamily("inferpool_worker_up", "1 while the worker's heartbeat is fresh", labels=["worker"])

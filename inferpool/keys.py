@@ -50,6 +50,11 @@ def batch_result(task_id: str) -> str:
     return f"{PREFIX}:batch:{task_id}"
 
 
+def batch_spec(task_id: str) -> str:
+    """An inline task's message spec (its rows included), kept until it finishes so it can be sent again."""
+    return f"{PREFIX}:batch:{task_id}:spec"
+
+
 def reply_list(instance_id: str) -> str:
     return f"{PREFIX}:reply:{instance_id}"
 
@@ -64,6 +69,24 @@ def audit(job_id: str) -> str:
 
 AUDIT_INDEX = f"{PREFIX}:audit:index"
 LEDGER = f"{PREFIX}:ledger"
+# Accepted work not yet finished, scored by its last sign of progress (epoch s): members are
+# "job:<job id>" and "batch:<task id>". The re-dispatcher (workers.redispatch) reads it.
+INFLIGHT = f"{PREFIX}:inflight"
+REDISPATCH_LOCK = f"{PREFIX}:redispatch:lock"
+
+
+def inflight_job(job_id: str) -> str:
+    return f"job:{job_id}"
+
+
+def inflight_batch(task_id: str) -> str:
+    return f"batch:{task_id}"
+
+
+def chunk_task_id(job_id: str, chunk: int) -> str:
+    return f"{job_id}-{chunk}"
+
+
 SCALER_HEALTH = f"{PREFIX}:scaler:health"
 SCALER_STATE = f"{PREFIX}:scaler:state"
 DRIFT_SAMPLES = f"{PREFIX}:drift:samples"

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     task_time_limit_s: int = 30
     # How often workers sweep the unacked set for expired messages.
     restore_interval_s: int = 2
+    # How often one worker looks for work that shows no progress for a visibility timeout and whose
+    # message is on no queue and held by no worker (lost outright), and sends it again.
+    redispatch_interval_s: float = 5.0
     result_ttl_s: int = 3600
     task_sent_events: bool = False
     job_chunk_rows: int = 4096

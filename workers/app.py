@@ -128,6 +128,7 @@ def make_app(s: Settings | None = None) -> Celery:
     app.conf.imports = (
         "workers.tasks",
         "workers.heartbeat",
+        "workers.redispatch",
         "workers.metrics_server",
         "workers.flower",
         "workers.control",

@@ -38,9 +38,10 @@ REDIS_PATIENCE_S = 3.0
 REDIS_RETRY_PAUSE_S = 0.2
 SOFT_LIMIT_MARGIN_S = 0.5
 
-# KEYS: job hash, done set, ledger, chunk input; ARGV: chunk, rows, ttl, now, queue_wait, run_s
-# The outcome counts in the ledger only once the API has accepted the job (api/jobs.py counts it then
-# if it finished first); a job whose hash expired is left alone rather than rebuilt without a TTL.
+# KEYS: job hash, done set, ledger, chunk input, in-flight set; ARGV: chunk, rows, ttl, now, queue_wait, run_s,
+# in-flight member. The outcome counts in the ledger only once the API has accepted the job (api/jobs.py counts
+# it then if it finished first); a job whose hash expired is left alone rather than rebuilt without a TTL.
+# A finished chunk is progress: the job's mark in the in-flight set moves on (or goes, with the job).
 _FINISH_CHUNK = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
 local added = redis.call('SADD', KEYS[2], ARGV[1])
@@ -55,14 +56,20 @@ redis.call('HINCRBYFLOAT', KEYS[1], 'queue_wait_sum_s', ARGV[5])
 redis.call('HINCRBYFLOAT', KEYS[1], 'run_sum_s', ARGV[6])
 local done = redis.call('HINCRBY', KEYS[1], 'chunks_done', 1)
 local total = tonumber(redis.call('HGET', KEYS[1], 'n_chunks'))
-if done == total and redis.call('HGET', KEYS[1], 'status') ~= 'failed' then
-  redis.call('HSET', KEYS[1], 'status', 'succeeded', 'finished', ARGV[4])
-  if redis.call('HEXISTS', KEYS[1], 'accepted') == 1 then redis.call('HINCRBY', KEYS[3], 'succeeded', 1) end
+if done == total then
+  redis.call('ZREM', KEYS[5], ARGV[7])
+  if redis.call('HGET', KEYS[1], 'status') ~= 'failed' then
+    redis.call('HSET', KEYS[1], 'status', 'succeeded', 'finished', ARGV[4])
+    if redis.call('HEXISTS', KEYS[1], 'accepted') == 1 then redis.call('HINCRBY', KEYS[3], 'succeeded', 1) end
+  end
+else
+  redis.call('ZADD', KEYS[5], 'XX', ARGV[4], ARGV[7])
 end
 return done
 """
 
-# KEYS: result key, ledger, reply list (or "" when none), pending marker; ARGV: payload, ttl, requests.
+# KEYS: result key, ledger, reply list (or "" when none), pending marker, spec, in-flight set;
+# ARGV: payload, ttl, requests, outcome, in-flight member.
 # One round trip: the answer goes out first, the first completion alone counts in the ledger, and only
 # if the API has marked the requests accepted (if the marker comes later, the API counts it then).
 _FINISH_INLINE = """
@@ -72,25 +79,30 @@ if KEYS[3] ~= '' then
 end
 if redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then
   if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('HINCRBY', KEYS[2], ARGV[4], ARGV[3]) end
+  redis.call('DEL', KEYS[5])
+  redis.call('ZREM', KEYS[6], ARGV[5])
   return 1
 end
 redis.call('HINCRBY', KEYS[2], 'duplicates', 1)
 return 0
 """
 
-# KEYS: job hash; ARGV: now. Moves queued -> running, never back from an end state.
+# KEYS: job hash, in-flight set; ARGV: now, in-flight member. Moves queued -> running, never back from an
+# end state; a chunk starting is progress.
 _START_CHUNK = """
 if redis.call('HGET', KEYS[1], 'status') == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'running', 'started', ARGV[1])
 end
+redis.call('ZADD', KEYS[2], 'XX', ARGV[1], ARGV[2])
 return 1
 """
 
-# KEYS: job hash, ledger; ARGV: error, now
+# KEYS: job hash, ledger, in-flight set; ARGV: error, now, in-flight member
 _FAIL_JOB = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if st == 'succeeded' or st == 'failed' or not st then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[1], 'finished', ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[3])
 if redis.call('HEXISTS', KEYS[1], 'accepted') == 1 then redis.call('HINCRBY', KEYS[2], 'failed', 1) end
 return 1
 """
@@ -127,7 +139,10 @@ def _predict(self: Any, spec: dict[str, Any]) -> None:
     if redelivered:
         _count_redelivery(rt, queue)
     if job_id:
-        _patiently(rt.redis.eval, _START_CHUNK, 1, keys.job(job_id), started, until=patience)
+        _patiently(
+            rt.redis.eval, _START_CHUNK, 2, keys.job(job_id), keys.INFLIGHT, started, keys.inflight_job(job_id),
+            until=patience,
+        )  # fmt: skip
     try:
         rows = _patiently(_load_rows, spec, rt, until=patience)
         # A message with no rows is the simulated-work half of a heavy request; its row rides a micro-batch.
@@ -213,8 +228,8 @@ def _finish_chunk(spec: dict, rt: Any, preds: Any, wait_s: float, run_s: float, 
     pipe = rt.redis.pipeline(transaction=False)
     pipe.set(keys.job_output(job_id, chunk), codec.preds_to_bytes(preds), ex=ttl)
     pipe.eval(
-        _FINISH_CHUNK, 4, keys.job(job_id), keys.job_done_chunks(job_id), keys.LEDGER, keys.job_input(job_id, chunk),
-        chunk, len(preds), ttl, now, wait_s, run_s,
+        _FINISH_CHUNK, 5, keys.job(job_id), keys.job_done_chunks(job_id), keys.LEDGER, keys.job_input(job_id, chunk),
+        keys.INFLIGHT, chunk, len(preds), ttl, now, wait_s, run_s, keys.inflight_job(job_id),
     )  # fmt: skip
     _sample(pipe, spec.get("queue", ""), wait_s, run_s)
     done = pipe.execute()[1]
@@ -228,15 +243,21 @@ def _finish_inline(spec: dict, rt: Any, preds: Any, enq: float, start: float, en
         {"id": spec["id"], "p": preds.tolist(), "v": rt.manifest.version, "enq": enq, "start": start, "end": end}
     )
     pipe = rt.redis.pipeline(transaction=False)
-    pipe.eval(
-        _FINISH_INLINE, 4, keys.batch_result(spec["id"]), keys.LEDGER, spec.get("reply") or "",
-        keys.batch_result(spec["id"]) + ":pending", payload, ttl, spec.get("reqs", 1), "succeeded",
-    )  # fmt: skip
+    pipe.eval(*_finish_inline_args(spec, payload, ttl, "succeeded"))
     _sample(pipe, spec.get("queue", ""), max(0.0, start - enq), end - start)
     first = pipe.execute()[0]
     if not first:
         metrics.DUPLICATES.inc()
     metrics.TASKS_COMPLETED.labels(queue=spec.get("queue", ""), outcome="success").inc()
+
+
+def _finish_inline_args(spec: dict, payload: bytes, ttl: int, outcome: str) -> tuple:
+    task_id = spec["id"]
+    return (
+        _FINISH_INLINE, 6, keys.batch_result(task_id), keys.LEDGER, spec.get("reply") or "",
+        keys.batch_result(task_id) + ":pending", keys.batch_spec(task_id), keys.INFLIGHT,
+        payload, ttl, spec.get("reqs", 1), outcome, keys.inflight_batch(task_id),
+    )  # fmt: skip
 
 
 def _sample(pipe: Any, queue: str, wait_s: float, run_s: float) -> None:
@@ -249,10 +270,10 @@ def _sample(pipe: Any, queue: str, wait_s: float, run_s: float) -> None:
 def _report_failure(spec: dict, rt: Any, error: str) -> None:
     s = get_settings()
     if spec.get("job"):
-        rt.redis.eval(_FAIL_JOB, 2, keys.job(spec["job"]), keys.LEDGER, error, time.time())
+        rt.redis.eval(
+            _FAIL_JOB, 3, keys.job(spec["job"]), keys.LEDGER, keys.INFLIGHT,
+            error, time.time(), keys.inflight_job(spec["job"]),
+        )  # fmt: skip
         return
     payload = orjson.dumps({"id": spec["id"], "error": error})
-    rt.redis.eval(
-        _FINISH_INLINE, 4, keys.batch_result(spec["id"]), keys.LEDGER, spec.get("reply") or "",
-        keys.batch_result(spec["id"]) + ":pending", payload, s.result_ttl_s, spec.get("reqs", 1), "failed",
-    )  # fmt: skip
+    rt.redis.eval(*_finish_inline_args(spec, payload, s.result_ttl_s, "failed"))

@@ -1,0 +1,116 @@
+"""The re-dispatcher: work whose message is lost outright (on no queue, held by no worker) is sent again,
+and work whose message is merely waiting or running never is.
+
+Real parts throughout: a redis-server, Celery workers and the API. Losing a message is simulated by
+deleting the queue lists, which is what kombu's BRPOP window does to one message when Redis stops.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+import redis
+
+from inferpool import keys
+from inferpool.publish import send_predict
+from inferpool.settings import Settings
+from tests.support.jobs import wait_job
+from workers.app import make_app
+from workers.redispatch import find_messages, queue_lists
+
+N_FEATURES = 20
+STALL_S = 8  # the visibility timeout: how long work may show no progress before it is looked at
+FAST = {
+    "INFERPOOL_VISIBILITY_TIMEOUT_S": str(STALL_S),
+    "INFERPOOL_TASK_TIME_LIMIT_S": "7",
+    "INFERPOOL_REDISPATCH_INTERVAL_S": "1",
+    "INFERPOOL_JOB_CHUNK_ROWS": "100",
+    "INFERPOOL_PREDICT_TIMEOUT_S": "1",
+}
+
+
+def rows(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, N_FEATURES))
+
+
+def queued(client, queue: str) -> int:
+    return sum(client.llen(lst) for lst in keys.priority_lists(queue))
+
+
+def ledger(client) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in client.hgetall(keys.LEDGER).items()}
+
+
+def wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not within {timeout_s} s: {what}")
+
+
+def test_find_messages_sees_a_queued_message_and_nothing_else(fresh_redis):
+    celery = make_app(Settings(redis_url=fresh_redis.url))
+    spec = {"id": "t-queued", "n": 0, "work_ms": 0, "queue": keys.QUEUE_BULK}
+    send_predict(celery, "t-queued", spec, keys.QUEUE_BULK)
+    client = redis.Redis.from_url(fresh_redis.url)
+    assert find_messages(client, ["t-queued", "t-lost"]) == {"t-queued"}
+    client.delete(*queue_lists())
+    assert find_messages(client, ["t-queued"]) == set()
+
+
+@pytest.mark.timeout(120)
+def test_lost_messages_are_sent_again_and_waiting_ones_are_not(stack_factory, reference_model):
+    st = stack_factory(**FAST)
+    client = st.client
+    # Only the work queue has a consumer (and with it, a re-dispatcher): bulk and online messages wait.
+    st.start_worker("work", concurrency=1, name="work@redispatch")
+    c = httpx.Client(base_url=st.start_api(), timeout=30)
+
+    X = rows(300, seed=1)  # a job of 3 chunks on the bulk queue
+    job = c.post("/v1/jobs", json={"instances": X.tolist()})
+    assert job.status_code == 202, job.text
+    job_id = job.json()["job_id"]
+    one = rows(1, seed=2)
+    timed_out = c.post("/v1/predict", json={"instances": one.tolist()})
+    assert timed_out.status_code == 504, timed_out.text  # no online worker: the caller polls its job id instead
+    poll_id = timed_out.json()["job_id"]
+    wait_for(lambda: client.zcard(keys.INFLIGHT) == 2, 5, "the job and the inline task are in flight")
+
+    # Waiting past the stall time on a queue is not lost: nothing is sent twice.
+    time.sleep(STALL_S + 3)
+    assert queued(client, keys.QUEUE_BULK) == 3 and queued(client, keys.QUEUE_ONLINE) == 1
+    assert ledger(client).get("redispatched", 0) == 0
+
+    # A running task holds its message in the unacked hash, where it is found too.
+    heavy = c.post("/v1/jobs", json={"instances": rows(1, seed=3).tolist(), "work_ms": 3000}).json()["job_id"]
+    wait_for(lambda: client.hlen(keys.UNACKED_HASH) == 1, 10, "the work worker holds the heavy chunk")
+    held = orjson.loads(next(iter(client.hvals(keys.UNACKED_HASH))))[0]["properties"]["correlation_id"]
+    assert held == keys.chunk_task_id(heavy, 0)
+    assert find_messages(client, [held]) == {held}
+
+    # The messages vanish (as in kombu's BRPOP window when Redis stops): all four come back.
+    client.delete(*[lst for q in (keys.QUEUE_BULK, keys.QUEUE_ONLINE) for lst in keys.priority_lists(q)])
+    wait_for(
+        lambda: queued(client, keys.QUEUE_BULK) == 3 and queued(client, keys.QUEUE_ONLINE) == 1,
+        STALL_S + 10,
+        "the lost chunk and task were published again",
+    )
+    assert ledger(client)["redispatched"] == 4
+
+    st.start_worker("online", concurrency=2, name="online@redispatch")
+    view = wait_job(c, job_id, timeout_s=30)
+    assert view["status"] == "succeeded" and view["predictions"] == reference_model.predict(X).tolist()
+    polled = wait_job(c, poll_id, timeout_s=30)
+    assert polled["status"] == "succeeded" and polled["predictions"] == reference_model.predict(one).tolist()
+    assert wait_job(c, heavy, timeout_s=30)["status"] == "succeeded"
+
+    led = ledger(client)
+    assert led["accepted"] == 3 and led["succeeded"] == 3 and led.get("duplicates", 0) == 0, led
+    wait_for(lambda: client.zcard(keys.INFLIGHT) == 0, 5, "finished work leaves the in-flight set")
+    assert client.get(keys.batch_spec(poll_id.split(".")[0])) is None  # the kept rows go with it
