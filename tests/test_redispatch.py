@@ -20,7 +20,7 @@ from inferpool.publish import send_predict
 from inferpool.settings import Settings
 from tests.support.jobs import wait_job
 from workers.app import make_app
-from workers.redispatch import find_messages, queue_lists
+from workers.redispatch import find_messages
 
 N_FEATURES = 20
 STALL_S = 8  # the visibility timeout: how long work may show no progress before it is looked at
@@ -60,7 +60,7 @@ def test_find_messages_sees_a_queued_message_and_nothing_else(fresh_redis):
     send_predict(celery, "t-queued", spec, keys.QUEUE_BULK)
     client = redis.Redis.from_url(fresh_redis.url)
     assert find_messages(client, ["t-queued", "t-lost"]) == {"t-queued"}
-    client.delete(*queue_lists())
+    client.delete(*keys.priority_lists(keys.QUEUE_BULK))
     assert find_messages(client, ["t-queued"]) == set()
 
 
