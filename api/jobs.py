@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 import time
 
@@ -37,12 +39,37 @@ def _f(v: bytes | None) -> float | None:
     return float(v) if v is not None else None
 
 
+# Hex digits of the tag that makes a slice id unguessable: 128 bits.
+SLICE_TAG_HEX = 32
+
+
 class JobStore:
-    def __init__(self, aredis, dispatcher: Dispatcher, chunk_rows: int, ttl_s: int) -> None:
+    def __init__(
+        self, aredis, dispatcher: Dispatcher, chunk_rows: int, ttl_s: int, id_secret: str | None = None
+    ) -> None:
         self.redis = aredis
         self.dispatcher = dispatcher
         self.chunk_rows = chunk_rows
         self.ttl_s = ttl_s
+        self._id_secret = id_secret.encode() if id_secret else None
+
+    # --- slices of micro-batches ------------------------------------------------
+    async def _secret(self) -> bytes:
+        if self._id_secret is None:
+            await self.redis.set(keys.JOB_ID_SECRET, secrets.token_hex(32), nx=True)
+            self._id_secret = await self.redis.get(keys.JOB_ID_SECRET)
+        return self._id_secret
+
+    def _tag(self, secret: bytes, raw: str, key_id: str) -> str:
+        return hmac.new(secret, f"{raw}|{key_id}".encode(), hashlib.sha256).hexdigest()[:SLICE_TAG_HEX]
+
+    async def slice_id(self, raw: str, key_id: str) -> str:
+        """The job id of a caller's slice of a micro-batch: ``task.offset.count.tag``.
+
+        The tag (an HMAC of the rest and the caller's key id) keeps a caller from reading other slices of
+        the same batch by changing offset or count, or anyone else's slice with another key.
+        """
+        return f"{raw}.{self._tag(await self._secret(), raw, key_id)}"
 
     @staticmethod
     def new_id() -> str:
@@ -99,13 +126,19 @@ class JobStore:
         if accepted == -1:
             raise JobNotFound(f"job {job_id!r} expired before it was accepted (INFERPOOL_RESULT_TTL_S too short?)")
 
-    async def get(self, job_id: str, with_predictions: bool = True) -> JobView:
+    async def get(self, job_id: str, with_predictions: bool = True, key_id: str | None = None) -> JobView:
+        """The job's view, for the key that submitted it (any key when ``key_id`` is None).
+
+        Another key's job reads as unknown: whether a job id exists is not for others to learn.
+        """
         if "." in job_id:
-            return await self._get_inline(job_id)
+            return await self._get_inline(job_id, key_id)
         h = await self.redis.hgetall(keys.job(job_id))
         if not h:
             raise JobNotFound(f"no job {job_id!r} (unknown, or its results expired)")
         h = {k.decode(): v.decode() for k, v in h.items()}
+        if key_id is not None and h.get("key_id", key_id) != key_id:
+            raise JobNotFound(f"no job {job_id!r} (unknown, or its results expired)")
         if "status" not in h or "n_rows" not in h:
             # A hash rebuilt by a late counter update after the job expired: treat it as expired.
             raise JobNotFound(f"no job {job_id!r} (unknown, or its results expired)")
@@ -134,13 +167,17 @@ class JobStore:
             error=h.get("error"),
         )
 
-    async def _get_inline(self, job_id: str) -> JobView:
-        """Ids of the form ``task.offset.count`` name a caller's slice of a micro-batch."""
+    async def _get_inline(self, job_id: str, key_id: str | None) -> JobView:
+        """Ids of the form ``task.offset.count.tag`` name a caller's slice of a micro-batch."""
         try:
-            task_id, offset_s, count_s = job_id.split(".")
+            task_id, offset_s, count_s, tag = job_id.split(".")
             offset, count = int(offset_s), int(count_s)
         except ValueError as exc:
             raise JobNotFound(f"no job {job_id!r}") from exc
+        if key_id is not None:
+            expected = self._tag(await self._secret(), f"{task_id}.{offset_s}.{count_s}", key_id)
+            if not hmac.compare_digest(tag.encode(), expected.encode()):
+                raise JobNotFound(f"no job {job_id!r} (unknown, or its results expired)")
         raw, pending = await self.redis.mget([keys.batch_result(task_id), keys.batch_result(task_id) + ":pending"])
         if raw is None:
             if pending is None:

@@ -130,7 +130,8 @@ def build_state(settings: Settings, aredis, celery) -> ApiState:
         max_in_flight=settings.batch_max_in_flight,
         reply_timeout_s=settings.predict_timeout_s,
     )
-    jobs = JobStore(aredis, dispatcher, settings.job_chunk_rows, settings.result_ttl_s)
+    secret = settings.job_id_secret.get_secret_value() if settings.job_id_secret else None
+    jobs = JobStore(aredis, dispatcher, settings.job_chunk_rows, settings.result_ttl_s, secret)
     state = ApiState(settings=settings, redis=aredis, dispatcher=dispatcher, batcher=batcher, jobs=jobs)
     try:
         state.manifest()

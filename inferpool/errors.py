@@ -67,6 +67,7 @@ class ResultTimeout(InferpoolError):
     def __init__(self, job_id: str, timeout_s: float) -> None:
         super().__init__(f"no answer within {timeout_s:g} s; poll /v1/jobs/{job_id}")
         self.job_id = job_id
+        self.timeout_s = timeout_s
 
 
 class AuthError(InferpoolError):

@@ -73,6 +73,9 @@ LEDGER = f"{PREFIX}:ledger"
 # "job:<job id>" and "batch:<task id>". The re-dispatcher (workers.redispatch) reads it.
 INFLIGHT = f"{PREFIX}:inflight"
 REDISPATCH_LOCK = f"{PREFIX}:redispatch:lock"
+# Signs the job ids of micro-batch slices when INFERPOOL_JOB_ID_SECRET is not set: made once, shared by every
+# API process on this Redis.
+JOB_ID_SECRET = f"{PREFIX}:job-id-secret"
 
 
 def inflight_job(job_id: str) -> str:

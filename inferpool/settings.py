@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     flower_user: str | None = None
     flower_password: SecretStr | None = None
     audit_ttl_s: int = 7 * 24 * 3600
+    job_id_secret: SecretStr | None = Field(
+        None,
+        description="Signs /v1/predict job ids (a caller's slice of a micro-batch) to the caller's key; "
+        "by default a random secret made once and kept in Redis.",
+    )
 
     # --- ports for `inferpool up` -------------------------------------------
     api_host: str = "127.0.0.1"

@@ -205,8 +205,35 @@ def test_ids_are_unguessable(secure):
         job_id = c.post("/v1/jobs", json={"instances": [ROW]}).json()["job_id"]
         inline_id = c.post("/v1/predict", json={"instances": [ROW]}).json()["job_id"]
     assert len(job_id) == 40 and int(job_id, 16) >= 0
-    task, offset, count = inline_id.split(".")
+    task, offset, count, tag = inline_id.split(".")
     assert len(task) == 32 and int(task, 16) >= 0 and (offset, count) == ("0", "1")  # 128 bits
+    assert len(tag) == 32 and int(tag, 16) >= 0  # and 128 more binding the slice to its caller
+
+
+def test_results_read_only_with_the_key_that_submitted_them(secure, reference_model):
+    X = np.random.default_rng(5).normal(size=(3, N_FEATURES))
+    with _client(secure, ALICE) as alice, _client(secure, BOB) as bob:
+        job_id = alice.post("/v1/jobs", json={"instances": X.tolist()}).json()["job_id"]
+        answer = alice.post("/v1/predict", json={"instances": X.tolist()}).json()
+        assert wait_job(alice, job_id)["predictions"] == reference_model.predict(X).tolist()
+        own = alice.get(f"/v1/jobs/{answer['job_id']}")
+        assert own.status_code == 200 and own.json()["predictions"] == answer["predictions"]
+
+        task, offset, count, tag = answer["job_id"].split(".")
+        forged = [
+            f"{task}.{offset}.1.{tag}",  # a narrower slice under the same tag
+            f"{task}.1.1.{tag}",  # a neighbour's rows in the same batch
+            f"{task}.{offset}.{count}",  # no tag
+            f"{task}.{offset}.{count}.{'0' * 32}",
+        ]
+        for other in forged:
+            r = alice.get(f"/v1/jobs/{other}")
+            assert r.status_code == 404 and "predictions" not in r.text, other
+        for other in (job_id, answer["job_id"]):  # another key learns nothing, not even that the job exists
+            r = bob.get(f"/v1/jobs/{other}")
+            assert r.status_code == 404 and r.json()["error"] == "not_found", r.text
+        fb = bob.post("/v1/feedback", json={"labels": [{"job_id": job_id, "row": 0, "label": 1}]})
+        assert fb.status_code == 422 and fb.json()["field"] == "labels.0.job_id"
 
 
 def test_broker_carries_json_only_and_a_worker_refuses_pickle(secure):

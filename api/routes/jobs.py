@@ -150,7 +150,7 @@ def _accepted(job_id: str, status: str, rows: int, code: int) -> OrjsonResponse:
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobView, responses={404: {"model": ErrorBody}})
-async def get_job(request: Request, job_id: str, _: str = Depends(caller)) -> OrjsonResponse:
-    """Status, progress, timings and, once succeeded, the predictions in input order."""
-    view = await _state(request).jobs.get(job_id)
+async def get_job(request: Request, job_id: str, key_id: str = Depends(caller)) -> OrjsonResponse:
+    """Status, progress, timings and, once succeeded, the predictions in input order (for the submitting key)."""
+    view = await _state(request).jobs.get(job_id, key_id=key_id)
     return OrjsonResponse(view.model_dump())

@@ -75,14 +75,14 @@ async def monitoring_drift(request: Request, _: str = Depends(caller)) -> Orjson
 
 @router.post("/v1/feedback", tags=["monitoring"], dependencies=[Depends(api_key_header)])
 async def post_feedback(
-    body: FeedbackRequest, request: Request, _: str = Depends(caller), __: None = Depends(require_json)
+    body: FeedbackRequest, request: Request, key_id: str = Depends(caller), __: None = Depends(require_json)
 ) -> OrjsonResponse:
     """True labels for earlier predictions, by job id and row: feeds realised accuracy and label delay."""
     st = _state(request)
     accepted = 0
     for i, item in enumerate(body.labels):
         try:
-            view = await st.jobs.get(item.job_id)
+            view = await st.jobs.get(item.job_id, key_id=key_id)
         except JobNotFound as exc:
             raise InputError(f"labels.{i}.job_id", "unknown job, or its results expired") from exc
         if view.predictions is None:

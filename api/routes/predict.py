@@ -37,8 +37,21 @@ def _check(X: np.ndarray, m: Manifest, max_rows: int, field: str) -> None:
         raise InputError(field, f"at most {max_rows} rows per request, got {X.shape[0]}; use /v1/jobs")
 
 
-async def predict_rows(st: ApiState, X: np.ndarray, work_ms: int, route: str) -> tuple[np.ndarray, str, str]:
-    """Validate, admit, send and wait for the answer (and for the request's simulated work, if any)."""
+async def predict_rows(
+    st: ApiState, X: np.ndarray, work_ms: int, route: str, key_id: str
+) -> tuple[np.ndarray, str, str]:
+    """Validate, admit, send and wait for the answer (and for the request's simulated work, if any).
+
+    The job id returned (or carried by a timeout, to poll) is the caller's signed slice of its batch.
+    """
+    try:
+        preds, raw_id, version = await _predict_rows(st, X, work_ms, route)
+    except ResultTimeout as exc:
+        raise ResultTimeout(await st.jobs.slice_id(exc.job_id, key_id), exc.timeout_s) from None
+    return preds, await st.jobs.slice_id(raw_id, key_id), version
+
+
+async def _predict_rows(st: ApiState, X: np.ndarray, work_ms: int, route: str) -> tuple[np.ndarray, str, str]:
     s = st.settings
     if work_ms > s.max_work_ms:
         raise InputError("work_ms", f"at most {s.max_work_ms} ms")
@@ -98,7 +111,7 @@ async def _batched(st: ApiState, entry: Entry) -> tuple[np.ndarray, str, str]:
 
 @router.post("/v1/predict", response_model=PredictResponse, responses=ERRORS)
 async def predict(
-    body: PredictRequest, request: Request, _: str = Depends(caller), __: None = Depends(require_json)
+    body: PredictRequest, request: Request, key_id: str = Depends(caller), __: None = Depends(require_json)
 ) -> OrjsonResponse:
     """Predict and wait for the answer in the same call (up to the configured timeout)."""
     st = _state(request)
@@ -109,18 +122,18 @@ async def predict(
     X = np.asarray(body.instances, dtype=np.float64)
     _check(X, m, st.settings.max_rows_per_request, "instances")
     check_values(X, "instances")
-    preds, job_id, version = await predict_rows(st, X, body.work_ms, "/v1/predict")
+    preds, job_id, version = await predict_rows(st, X, body.work_ms, "/v1/predict", key_id)
     return OrjsonResponse({"predictions": preds.tolist(), "job_id": job_id, "model_version": version})
 
 
 @router.post("/predict", response_model=CompatResponse, responses=ERRORS)
 async def predict_compat(
-    body: CompatRequest, request: Request, _: str = Depends(caller), __: None = Depends(require_json)
+    body: CompatRequest, request: Request, key_id: str = Depends(caller), __: None = Depends(require_json)
 ) -> OrjsonResponse:
     """Drop-in for the single-process server: ``{"X": [...], "work": ms}`` -> ``{"prediction": int}``."""
     st = _state(request)
     X = np.asarray([body.X], dtype=np.float64)
     _check(X, st.manifest(), 1, "X")
     check_values(X, "X", flat=True)
-    preds, _, _ = await predict_rows(st, X, body.work, "/predict")
+    preds, _, _ = await predict_rows(st, X, body.work, "/predict", key_id)
     return OrjsonResponse({"prediction": int(preds[0])})
