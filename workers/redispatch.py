@@ -112,7 +112,7 @@ def _job_pieces(client: Any, job_id: str, default_chunk_rows: int) -> dict[str, 
     status, n, n_chunks, work_ms, per_chunk = client.hmget(
         keys.job(job_id), ["status", "n_rows", "n_chunks", "work_ms", "chunk_rows"]
     )
-    if status is None or status.decode() in ("succeeded", "failed"):
+    if None in (status, n, n_chunks, work_ms) or status.decode() in ("succeeded", "failed"):
         return None
     done = {int(c) for c in client.smembers(keys.job_done_chunks(job_id))}
     rows_per_chunk = int(per_chunk) if per_chunk else default_chunk_rows

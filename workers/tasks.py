@@ -3,7 +3,7 @@
 A message carries either its rows inline (base64 float32, for micro-batches
 and single requests) or a reference to a job chunk stored in Redis. Task
 arguments never include rows in their repr, so Flower and the event stream
-show sizes only (see ``inferpool.dispatch``).
+show sizes only (see ``inferpool.publish``).
 
 At-least-once execution, exactly-once results: a redelivered task recomputes
 the same predictions and overwrites the same keys; the first completion alone
@@ -117,7 +117,7 @@ def _enqueued_at(request: Any) -> float | None:
 
 @app.task(name="inferpool.predict", bind=True, ignore_result=True)
 def predict(self: Any, spec: dict[str, Any]) -> None:
-    """Run the model on one message's rows; ``spec`` is built by ``inferpool.dispatch``."""
+    """Run the model on one message's rows; ``spec`` is built by ``api.dispatch`` or ``inferpool.publish``."""
     try:
         _predict(self, spec)
     except (*TRANSIENT_REDIS_ERRORS, SoftTimeLimitExceeded) as exc:
