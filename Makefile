@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 
-.PHONY: install tools bench-tools apt-install up demo test lint format bench soak scaler-bench clean
+.PHONY: install tools bench-tools apt-install up demo test lint format bench soak chaos-soak scaler-bench clean
 
 install: $(VENV)/.installed
 
@@ -58,6 +58,10 @@ scaler-bench: install bench-tools
 
 soak: install
 	$(PY) -m bench.soak
+
+# The soak with a fault every 10 s (Redis restarted, a pool process killed, in turn), 5 minutes.
+chaos-soak: install
+	$(PY) -m bench.soak --minutes 5 --chaos-every-s 10
 
 clean:
 	rm -rf $(VENV) var results .pytest_cache

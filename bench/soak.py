@@ -9,6 +9,10 @@ Reports requests served (by route and status), p50/p99 per route, jobs accepted 
 never succeeded, or answered wrong), the ledger (accepted, succeeded, failed, duplicates), and the
 resident memory of every process of the stack after warm-up and at the end. Writes
 results/soak-<time>.json. Not part of the test suite: it takes minutes.
+
+With ``--chaos-every-s N`` (``make chaos-soak``) the soak runs its own redis-server (AOF on) and every N
+seconds injects a fault, in turn: Redis restarted (SIGTERM, AOF replayed), a worker pool process
+SIGKILLed mid-task. The same accounting then says what the faults cost: lost, duplicates, re-dispatched.
 """
 
 from __future__ import annotations
@@ -17,8 +21,12 @@ import argparse
 import asyncio
 import contextlib
 import io
+import itertools
 import json
+import os
+import random
 import shutil
+import signal
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -30,6 +38,7 @@ import psutil
 
 from bench.harness import inferpool_stack
 from inferpool import model_store
+from inferpool.local_redis import LocalRedis
 
 N_FEATURES = 20
 MB = 1024 * 1024
@@ -159,6 +168,55 @@ def memory_growth(after_warmup: dict, end: dict) -> list[dict]:
     return rows
 
 
+# --- faults --------------------------------------------------------------------------------------------
+
+
+def kill_a_pool_process(rng: random.Random) -> bool:
+    """SIGKILL one Celery pool process of the stack, preferring one that is running a task (busy CPU)."""
+    pool = [p for p in psutil.Process().children(recursive=True) if _is_pool_process(p)]
+    if not pool:
+        return False
+    busy = [p for p in pool if _cpu_busy(p)]
+    victim = rng.choice(busy or pool)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(victim.pid, signal.SIGKILL)
+    return True
+
+
+def _is_pool_process(p: psutil.Process) -> bool:
+    try:
+        return _is_worker(p.cmdline()) and _is_worker(p.parent().cmdline())
+    except psutil.Error:
+        return False
+
+
+def _cpu_busy(p: psutil.Process) -> bool:
+    try:
+        return p.status() == psutil.STATUS_RUNNING
+    except psutil.Error:
+        return False
+
+
+async def inject_faults(redis: LocalRedis, every_s: float, stop: asyncio.Event, log: list[dict]) -> None:
+    """Every ``every_s``: restart Redis (clean stop, AOF replayed) or kill a pool process, in turn."""
+    rng = random.Random(7)
+    kinds = itertools.cycle(("restart redis", "SIGKILL a pool process"))
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+        if stop.is_set():
+            return
+        kind = next(kinds)
+        t = time.time()
+        if kind == "restart redis":
+            await asyncio.to_thread(redis.restart)
+            done = True
+        else:
+            done = await asyncio.to_thread(kill_a_pool_process, rng)
+        if done:
+            log.append({"at": round(t, 1), "fault": kind, "took_s": round(time.time() - t, 2)})
+
+
 # --- accounting ------------------------------------------------------------------------------------
 
 
@@ -205,22 +263,27 @@ def latency(records: list[Record]) -> dict[str, dict]:
     }  # fmt: skip
 
 
-async def soak(url: str, ns: argparse.Namespace) -> dict:
+async def soak(url: str, ns: argparse.Namespace, redis: LocalRedis | None) -> dict:
     records: list[Record] = []
     samples: list[tuple[float, dict]] = []
+    faults: list[dict] = []
     stop = asyncio.Event()
     sampler = asyncio.create_task(sample_memory(ns.sample_s, samples, stop))
+    chaos = asyncio.create_task(inject_faults(redis, ns.chaos_every_s, stop, faults)) if redis else None
     seconds = ns.minutes * 60
     t0 = time.time()
     skipped = await steady_load(url, ns.rate, seconds, records)
     stop.set()
     await sampler
+    if chaos:
+        await chaos
     views = await drain(url, records)
     async with httpx.AsyncClient(base_url=url, timeout=30) as c:
         status = (await c.get("/v1/monitoring/status")).json()
     warm = next((m for t, m in samples if t - t0 >= ns.warmup_s), samples[0][1])
     return {"records": records, "views": views, "skipped": skipped, "ledger": status.get("ledger", {}),
-            "memory": memory_growth(warm, samples[-1][1]), "memory_samples": len(samples)}  # fmt: skip
+            "memory": memory_growth(warm, samples[-1][1]), "memory_samples": len(samples),
+            "faults": faults}  # fmt: skip
 
 
 def main() -> None:
@@ -229,6 +292,7 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=30.0, help="requests per second, open loop (default 30)")
     p.add_argument("--warmup-s", type=float, default=30.0, help="memory is compared from this far in")
     p.add_argument("--sample-s", type=float, default=10.0, help="memory sampling period")
+    p.add_argument("--chaos-every-s", type=float, default=0.0, help="inject a fault this often (0: none)")
     p.add_argument("--out", default="results")
     ns = p.parse_args()
     out = Path(ns.out)
@@ -237,9 +301,17 @@ def main() -> None:
     model_store.ensure_reference(model_dir)
     model, _ = model_store.load_model(model_dir)
     shutil.rmtree(var / "stack", ignore_errors=True)  # a fresh Redis: the ledger counts this run only
-    print(f"soak: {ns.minutes:g} min at {ns.rate:g} req/s on inferpool up ...", flush=True)
-    with inferpool_stack(var / "stack", model_dir, scaler=True) as url:
-        res = asyncio.run(soak(url, ns))
+    chaos = f", a fault every {ns.chaos_every_s:g} s" if ns.chaos_every_s else ""
+    print(f"soak: {ns.minutes:g} min at {ns.rate:g} req/s on inferpool up{chaos} ...", flush=True)
+    # Under chaos the soak owns Redis, to restart it; otherwise `inferpool up` starts its private one.
+    redis = LocalRedis(var / "stack" / "redis-chaos", aof=True).start() if ns.chaos_every_s else None
+    env = {"REDIS_URL": redis.url} if redis else {}
+    try:
+        with inferpool_stack(var / "stack", model_dir, scaler=True, **env) as url:
+            res = asyncio.run(soak(url, ns, redis))
+    finally:
+        if redis:
+            redis.stop()
     records: list[Record] = res.pop("records")
     lost, wrong = check_answers(model, records, res.pop("views"))
     codes = Counter(f"{r.kind} {r.status}" for r in records)
@@ -247,6 +319,7 @@ def main() -> None:
         "minutes": ns.minutes, "rate_per_s": ns.rate, "requests": len(records), "client_skipped": res["skipped"],
         "served": sum(r.status in (200, 202) for r in records), "status": dict(sorted(codes.items())),
         "jobs_accepted": sum(r.kind == "job" and r.status == 202 for r in records),
+        "faults": Counter(f["fault"] for f in res["faults"]), "fault_log": res["faults"],
         "lost": lost, "wrong": wrong, "duplicates": res["ledger"].get("duplicates", 0), "ledger": res["ledger"],
         "latency": latency(records), "memory": res["memory"], "memory_samples": res["memory_samples"],
     }  # fmt: skip
@@ -261,6 +334,7 @@ def report(s: dict) -> str:
     lines = [
         f"requests {s['requests']}  served {s['served']}  jobs accepted {s['jobs_accepted']}  "
         f"lost {s['lost']}  wrong {s['wrong']}  duplicates {s['duplicates']}  client-skipped {s['client_skipped']}",
+        f"faults   {dict(s['faults']) or 'none'}",
         f"ledger   {s['ledger']}",
         "status   " + ", ".join(f"{k}: {v}" for k, v in s["status"].items()),
         "latency  " + ", ".join(f"{k} p50/p99 {v['p50_ms']}/{v['p99_ms']} ms" for k, v in s["latency"].items()),
