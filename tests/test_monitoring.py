@@ -13,12 +13,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from test_monitoring_support import has, parse, scrape, scrape_text, value, wait_until, worker_metrics_url
+from test_monitoring_support import has, parse, scrape, scrape_text, value, worker_metrics_url
 
 from inferpool import keys
 from inferpool.exporter import ClusterCollector, serve
 from inferpool.settings import Settings
 from tests.support.jobs import wait_job
+from tests.support.waiting import wait_until
 
 N_FEATURES = 20
 ONLINE, WORK, BULK = keys.QUEUE_ONLINE, keys.QUEUE_WORK, keys.QUEUE_BULK

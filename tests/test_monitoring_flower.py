@@ -14,10 +14,10 @@ import numpy as np
 import orjson
 import pytest
 from celery import Celery
-from test_monitoring_support import wait_until
 
 from inferpool import codec, keys
 from inferpool.local_redis import free_port
+from tests.support.waiting import wait_until
 from workers.app import celery_config
 
 USER, PASSWORD = "ops", "flower-test-pw"

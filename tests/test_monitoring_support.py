@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -61,12 +60,3 @@ def worker_metrics_url(client, node: str, timeout: float = 15.0) -> str:
             return f"http://{addr.decode()}/metrics"
         time.sleep(0.1)
     raise AssertionError(f"worker {node} advertised no metrics address")
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str, every: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")

@@ -19,6 +19,7 @@ from inferpool import keys
 from inferpool.publish import send_predict
 from inferpool.settings import Settings
 from tests.support.jobs import wait_job
+from tests.support.waiting import wait_until
 from workers.app import make_app
 from workers.redispatch import find_messages
 
@@ -43,15 +44,6 @@ def queued(client, queue: str) -> int:
 
 def ledger(client) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in client.hgetall(keys.LEDGER).items()}
-
-
-def wait_for(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout_s} s: {what}")
 
 
 def test_find_messages_sees_a_queued_message_and_nothing_else(fresh_redis):
@@ -80,7 +72,7 @@ def test_lost_messages_are_sent_again_and_waiting_ones_are_not(stack_factory, re
     timed_out = c.post("/v1/predict", json={"instances": one.tolist()})
     assert timed_out.status_code == 504, timed_out.text  # no online worker: the caller polls its job id instead
     poll_id = timed_out.json()["job_id"]
-    wait_for(lambda: client.zcard(keys.INFLIGHT) == 2, 5, "the job and the inline task are in flight")
+    wait_until(lambda: client.zcard(keys.INFLIGHT) == 2, 5, "the job and the inline task are in flight")
 
     # Waiting past the stall time on a queue is not lost: nothing is sent twice.
     time.sleep(STALL_S + 3)
@@ -89,14 +81,14 @@ def test_lost_messages_are_sent_again_and_waiting_ones_are_not(stack_factory, re
 
     # A running task holds its message in the unacked hash, where it is found too.
     heavy = c.post("/v1/jobs", json={"instances": rows(1, seed=3).tolist(), "work_ms": 3000}).json()["job_id"]
-    wait_for(lambda: client.hlen(keys.UNACKED_HASH) == 1, 10, "the work worker holds the heavy chunk")
+    wait_until(lambda: client.hlen(keys.UNACKED_HASH) == 1, 10, "the work worker holds the heavy chunk")
     held = orjson.loads(next(iter(client.hvals(keys.UNACKED_HASH))))[0]["properties"]["correlation_id"]
     assert held == keys.chunk_task_id(heavy, 0)
     assert find_messages(client, [held]) == {held}
 
     # The messages vanish (as in kombu's BRPOP window when Redis stops): all four come back.
     client.delete(*[lst for q in (keys.QUEUE_BULK, keys.QUEUE_ONLINE) for lst in keys.priority_lists(q)])
-    wait_for(
+    wait_until(
         lambda: queued(client, keys.QUEUE_BULK) == 3 and queued(client, keys.QUEUE_ONLINE) == 1,
         STALL_S + 10,
         "the lost chunk and task were published again",
@@ -112,5 +104,5 @@ def test_lost_messages_are_sent_again_and_waiting_ones_are_not(stack_factory, re
 
     led = ledger(client)
     assert led["accepted"] == 3 and led["succeeded"] == 3 and led.get("duplicates", 0) == 0, led
-    wait_for(lambda: client.zcard(keys.INFLIGHT) == 0, 5, "finished work leaves the in-flight set")
+    wait_until(lambda: client.zcard(keys.INFLIGHT) == 0, 5, "finished work leaves the in-flight set")
     assert client.get(keys.batch_spec(poll_id.split(".")[0])) is None  # the kept rows go with it

@@ -24,6 +24,7 @@ from inferpool.local_redis import free_port
 from inferpool.settings import get_settings
 from scaler.actuators import PoolActuator, ProcessActuator, launch_worker
 from scaler.signal import SignalReader, WorkerView
+from tests.support.waiting import wait_until
 from workers.app import make_app
 
 N_FEATURES = 20
@@ -40,12 +41,7 @@ def pool_sizes(app, nodes: list[str]) -> dict[str, int]:
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
+    wait_until(check, timeout_s, what, every=0.25)
 
 
 class Load:
