@@ -16,11 +16,10 @@ from inferpool import codec, keys
 from inferpool.errors import JobNotFound
 from inferpool.publish import chunk_rows, chunk_spec
 
-# KEYS: job hash, ledger. A job counts as accepted once all its chunks are on the queue, and only once
-# (HSETNX); one that already finished (its chunks can outrun this call) has its outcome counted here,
-# because the workers count outcomes only of accepted jobs. A failed submit thus leaves the ledger as it was.
-# An unfinished job joins the in-flight set, where the re-dispatcher watches its progress.
-# KEYS: job hash, ledger, in-flight set; ARGV: now, in-flight member.
+# KEYS: job hash, ledger, in-flight set; ARGV: now, in-flight member. A job counts as accepted once all its
+# chunks are on the queue, and only once (HSETNX); one that already finished (its chunks can outrun this call)
+# has its outcome counted here, because the workers count outcomes only of accepted jobs. A failed submit thus
+# leaves the ledger as it was. An unfinished job joins the in-flight set, where the re-dispatcher watches it.
 _ACCEPT_JOB = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('HSETNX', KEYS[1], 'accepted', 1) == 0 then return 0 end

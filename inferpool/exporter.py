@@ -42,7 +42,6 @@ logger = logging.getLogger(__name__)
 # A worker whose heartbeat is older than keys.WORKER_STALE_S reads up=0; after this
 # long without one it leaves the per-worker series altogether.
 WORKER_GONE_S = 60.0
-LEDGER_FIELDS = ("accepted", "succeeded", "failed", "duplicates", "redelivered", "redispatched")
 VERDICTS = tuple(v.value for v in drift.Verdict)
 
 # KEYS[1]: the workers sorted set. ARGV[1]: oldest heartbeat kept, ARGV[2]: heartbeat hash prefix.
