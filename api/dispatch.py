@@ -105,7 +105,7 @@ class Dispatcher:
         """
         try:
             await self._async.eval(
-                _MARK_PENDING, 5, keys.batch_result(task_id) + ":pending", keys.batch_result(task_id), keys.LEDGER,
+                _MARK_PENDING, 5, keys.batch_pending(task_id), keys.batch_result(task_id), keys.LEDGER,
                 keys.batch_spec(task_id), keys.INFLIGHT,
                 time.time(), self._ttl, spec["reqs"], orjson.dumps(spec), keys.inflight_batch(task_id),
             )  # fmt: skip

@@ -177,7 +177,7 @@ class JobStore:
             expected = self._tag(await self._secret(), f"{task_id}.{offset_s}.{count_s}", key_id)
             if not hmac.compare_digest(tag.encode(), expected.encode()):
                 raise JobNotFound(f"no job {job_id!r} (unknown, or its results expired)")
-        raw, pending = await self.redis.mget([keys.batch_result(task_id), keys.batch_result(task_id) + ":pending"])
+        raw, pending = await self.redis.mget([keys.batch_result(task_id), keys.batch_pending(task_id)])
         if raw is None:
             if pending is None:
                 raise JobNotFound(f"no job {job_id!r} (unknown, or its results expired)")

@@ -50,6 +50,11 @@ def batch_result(task_id: str) -> str:
     return f"{PREFIX}:batch:{task_id}"
 
 
+def batch_pending(task_id: str) -> str:
+    """Set by the API once an inline task's requests count as accepted: polls answer "queued" meanwhile."""
+    return f"{PREFIX}:batch:{task_id}:pending"
+
+
 def batch_spec(task_id: str) -> str:
     """An inline task's message spec (its rows included), kept until it finishes so it can be sent again."""
     return f"{PREFIX}:batch:{task_id}:spec"

@@ -255,7 +255,7 @@ def _finish_inline_args(spec: dict, payload: bytes, ttl: int, outcome: str) -> t
     task_id = spec["id"]
     return (
         _FINISH_INLINE, 6, keys.batch_result(task_id), keys.LEDGER, spec.get("reply") or "",
-        keys.batch_result(task_id) + ":pending", keys.batch_spec(task_id), keys.INFLIGHT,
+        keys.batch_pending(task_id), keys.batch_spec(task_id), keys.INFLIGHT,
         payload, ttl, spec.get("reqs", 1), outcome, keys.inflight_batch(task_id),
     )  # fmt: skip
 

@@ -42,13 +42,12 @@ async def predict_rows(
 ) -> tuple[np.ndarray, str, str]:
     """Validate, admit, send and wait for the answer (and for the request's simulated work, if any).
 
-    The job id returned (or carried by a timeout, to poll) is the caller's signed slice of its batch.
+    Returns the caller's unsigned slice id (``task.offset.count``); a timeout carries it signed, to poll.
     """
     try:
-        preds, raw_id, version = await _predict_rows(st, X, work_ms, route)
+        return await _predict_rows(st, X, work_ms, route)
     except ResultTimeout as exc:
         raise ResultTimeout(await st.jobs.slice_id(exc.job_id, key_id), exc.timeout_s) from None
-    return preds, await st.jobs.slice_id(raw_id, key_id), version
 
 
 async def _predict_rows(st: ApiState, X: np.ndarray, work_ms: int, route: str) -> tuple[np.ndarray, str, str]:
@@ -122,7 +121,8 @@ async def predict(
     X = np.asarray(body.instances, dtype=np.float64)
     _check(X, m, st.settings.max_rows_per_request, "instances")
     check_values(X, "instances")
-    preds, job_id, version = await predict_rows(st, X, body.work_ms, "/v1/predict", key_id)
+    preds, raw_id, version = await predict_rows(st, X, body.work_ms, "/v1/predict", key_id)
+    job_id = await st.jobs.slice_id(raw_id, key_id)  # only this route hands out the id: only it signs
     return OrjsonResponse({"predictions": preds.tolist(), "job_id": job_id, "model_version": version})
 
 
