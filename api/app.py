@@ -17,7 +17,6 @@ from api.state import build_state
 from inferpool import metrics, telemetry
 from inferpool.redis_client import async_client
 from inferpool.settings import Settings, get_settings
-from workers.app import make_app
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         aredis = async_client(s.redis_url)
-        state = build_state(s, aredis, make_app(s))
+        state = build_state(s, aredis)
         app.state.api = state
         state.dispatcher.start()
         state.batcher.start()

@@ -1,10 +1,11 @@
 """Publishing predict tasks and routing their answers back to waiting requests.
 
-Publishing goes through Celery's (synchronous) producer on one dedicated
-thread, so the event loop never blocks on Redis and the producer is never
-shared across threads. Answers to inline tasks come back on a per-process
-Redis list, read by one supervised ``BLPOP`` loop that resolves futures by
-task id; a reply for a task nobody waits for any more is simply dropped.
+Publishing is one ``LPUSH`` of the task message (``inferpool.publish``) on the
+API's async Redis client, from the event loop: no thread, no kombu producer.
+An inline task with callers is pushed and marked pending by one script, in
+one round trip. Answers to inline tasks come back on a per-process Redis list,
+read by one supervised ``BLPOP`` loop that resolves futures by task id; a
+reply for a task nobody waits for any more is simply dropped.
 """
 
 from __future__ import annotations
@@ -13,42 +14,42 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import sys
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
-from celery import Celery
 
-from inferpool import codec, keys
-from inferpool.publish import send_predict
-from inferpool.redis_client import async_client, sync_client
+from inferpool import codec, keys, metrics
+from inferpool.errors import BrokerUnavailable
+from inferpool.publish import BROKER_ERRORS, task_message
+from inferpool.redis_client import async_client
 
 logger = logging.getLogger(__name__)
 
-# KEYS: pending marker, result, ledger, spec, in-flight set; ARGV: now, ttl, requests, spec JSON, in-flight member.
-# Once per task (SET NX). The worker counts an outcome only if this marker exists, so a result that got here
-# first is counted here: each request counts as accepted and as succeeded/failed exactly once, even when Redis
-# fails between publish and mark. Unfinished, the task is kept (rows and all) for the re-dispatcher.
-_MARK_PENDING = """
-if not redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then return 0 end
-redis.call('HINCRBY', KEYS[3], 'accepted', ARGV[3])
-local r = redis.call('GET', KEYS[2])
+# KEYS: queue, pending marker, result, ledger, spec, in-flight set;
+# ARGV: message, now, ttl, requests, spec JSON, in-flight member.
+# The message goes on its queue first; then, once per task (SET NX), the requests count as accepted. The worker
+# counts an outcome only if the marker exists, so a result that got here first (a re-sent copy) is counted here:
+# each request counts as accepted and as succeeded/failed exactly once. Unfinished, the task is kept (rows and
+# all) for the re-dispatcher.
+_PUBLISH_PENDING = """
+redis.call('LPUSH', KEYS[1], ARGV[1])
+if not redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3], 'NX') then return 0 end
+redis.call('HINCRBY', KEYS[4], 'accepted', ARGV[4])
+local r = redis.call('GET', KEYS[3])
 if r then
   local outcome = cjson.decode(r)['error'] and 'failed' or 'succeeded'
-  redis.call('HINCRBY', KEYS[3], outcome, ARGV[3])
+  redis.call('HINCRBY', KEYS[4], outcome, ARGV[4])
 else
-  redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[2])
-  redis.call('ZADD', KEYS[5], ARGV[1], ARGV[5])
+  redis.call('SET', KEYS[5], ARGV[5], 'EX', ARGV[3])
+  redis.call('ZADD', KEYS[6], ARGV[2], ARGV[6])
 end
 return 1
 """
 REPLY_POLL_S = 1
-GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass(frozen=True)
@@ -71,46 +72,44 @@ def parse_reply(raw: bytes) -> Reply:
 
 
 class Dispatcher:
-    def __init__(self, celery: Celery, redis_url: str, result_ttl_s: int) -> None:
-        # The publish thread needs the GIL while the event loop parses a burst of requests; at the default
-        # 5 ms switch interval each publish could wait that long. 0.5 ms keeps publishing prompt.
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-        self.celery = celery
+    def __init__(self, redis_url: str, result_ttl_s: int) -> None:
         self.instance = uuid.uuid4().hex[:12]
         self.reply_key = keys.reply_list(self.instance)
         self._ttl = result_ttl_s
-        # Two publish lanes, each one thread (a producer is never shared across threads): micro-batches of
-        # light rows never queue behind a burst of work tasks or job chunks being published.
-        self._online_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish-online")
-        self._other_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
-        self._sync = sync_client(redis_url)
         self._blocking = async_client(redis_url, blocking=True)
         self._async = async_client(redis_url)
-        self._background: set[asyncio.Task] = set()
+        self._publish_pending = self._async.register_script(_PUBLISH_PENDING)
         self._waiting: dict[str, asyncio.Future[Reply]] = {}
         self._reader: asyncio.Task | None = None
         self._stopping = False
 
     # --- publishing -----------------------------------------------------------
     async def publish(self, task_id: str, spec: dict[str, Any], queue: str) -> None:
-        loop = asyncio.get_running_loop()
-        lane = self._online_lane if queue == keys.QUEUE_ONLINE else self._other_lane
-        await loop.run_in_executor(lane, send_predict, self.celery, task_id, spec, queue)
+        """Put one task on its queue; :class:`BrokerUnavailable` when Redis cannot be reached."""
+        await self.publish_many([(task_id, spec)], queue)
 
-    async def _mark_pending(self, task_id: str, spec: dict[str, Any]) -> None:
-        """Let GET /v1/jobs answer "queued" before the result exists, count the requests as accepted, and
-        keep the task for the re-dispatcher until it finishes.
-
-        Kept off the latency path: it runs beside the task, not before it.
-        """
+    async def publish_many(self, tasks: list[tuple[str, dict[str, Any]]], queue: str) -> None:
+        """Put tasks on one queue in one round trip (a job's chunks), in order."""
+        messages = [task_message(task_id, spec, queue) for task_id, spec in tasks]
         try:
-            await self._async.eval(
-                _MARK_PENDING, 5, keys.batch_pending(task_id), keys.batch_result(task_id), keys.LEDGER,
-                keys.batch_spec(task_id), keys.INFLIGHT,
-                time.time(), self._ttl, spec["reqs"], orjson.dumps(spec), keys.inflight_batch(task_id),
+            await self._async.lpush(queue, *messages)
+        except BROKER_ERRORS as exc:
+            raise BrokerUnavailable(f"cannot reach Redis: {type(exc).__name__}") from exc
+        metrics.TASKS_ENQUEUED.labels(queue=queue).inc(len(messages))
+
+    async def _publish_and_mark(self, task_id: str, spec: dict[str, Any], queue: str) -> None:
+        """Publish, let GET /v1/jobs answer "queued" before the result exists, count the requests as accepted,
+        and keep the task for the re-dispatcher until it finishes: one script, one round trip."""
+        message = task_message(task_id, spec, queue)
+        try:
+            await self._publish_pending(
+                keys=[queue, keys.batch_pending(task_id), keys.batch_result(task_id), keys.LEDGER,
+                      keys.batch_spec(task_id), keys.INFLIGHT],
+                args=[message, time.time(), self._ttl, spec["reqs"], orjson.dumps(spec), keys.inflight_batch(task_id)],
             )  # fmt: skip
-        except Exception as exc:
-            logger.warning("could not mark task %s pending: %s", task_id, type(exc).__name__)
+        except BROKER_ERRORS as exc:
+            raise BrokerUnavailable(f"cannot reach Redis: {type(exc).__name__}") from exc
+        metrics.TASKS_ENQUEUED.labels(queue=queue).inc()
 
     async def publish_rows(
         self, rows: np.ndarray | None, work_ms: int, queue: str, reqs: int
@@ -125,14 +124,14 @@ class Dispatcher:
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._waiting[task_id] = fut
         try:
-            await self.publish(task_id, spec, queue)
+            # The simulated-work half of a heavy request answers nobody's poll: nothing to mark.
+            if reqs:
+                await self._publish_and_mark(task_id, spec, queue)
+            else:
+                await self.publish(task_id, spec, queue)
         except BaseException:
             self._waiting.pop(task_id, None)
             raise
-        if reqs:  # the simulated-work half of a heavy request answers nobody's poll: nothing to mark
-            marker = asyncio.get_running_loop().create_task(self._mark_pending(task_id, spec))
-            self._background.add(marker)
-            marker.add_done_callback(self._background.discard)
         return task_id, fut
 
     def forget(self, task_id: str) -> None:
@@ -174,6 +173,3 @@ class Dispatcher:
                 fut.cancel()
         await self._blocking.aclose()
         await self._async.aclose()
-        self._sync.close()
-        for lane in (self._online_lane, self._other_lane):
-            lane.shutdown(wait=False, cancel_futures=True)

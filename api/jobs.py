@@ -47,6 +47,7 @@ class JobStore:
         self, aredis, dispatcher: Dispatcher, chunk_rows: int, ttl_s: int, id_secret: str | None = None
     ) -> None:
         self.redis = aredis
+        self._accept = aredis.register_script(_ACCEPT_JOB)
         self.dispatcher = dispatcher
         self.chunk_rows = chunk_rows
         self.ttl_s = ttl_s
@@ -116,11 +117,11 @@ class JobStore:
         return True
 
     async def _publish_and_accept(self, job_id: str, n: int, n_chunks: int, work_ms: int) -> None:
-        for k in range(n_chunks):
-            spec = chunk_spec(job_id, k, chunk_rows(n, self.chunk_rows, k), work_ms)
-            await self.dispatcher.publish(keys.chunk_task_id(job_id, k), spec, spec["queue"])
-        accepted = await self.redis.eval(
-            _ACCEPT_JOB, 3, keys.job(job_id), keys.LEDGER, keys.INFLIGHT, time.time(), keys.inflight_job(job_id)
+        specs = [chunk_spec(job_id, k, chunk_rows(n, self.chunk_rows, k), work_ms) for k in range(n_chunks)]
+        tasks = [(keys.chunk_task_id(job_id, k), spec) for k, spec in enumerate(specs)]
+        await self.dispatcher.publish_many(tasks, specs[0]["queue"])
+        accepted = await self._accept(
+            keys=[keys.job(job_id), keys.LEDGER, keys.INFLIGHT], args=[time.time(), keys.inflight_job(job_id)]
         )
         if accepted == -1:
             raise JobNotFound(f"job {job_id!r} expired before it was accepted (INFERPOOL_RESULT_TTL_S too short?)")

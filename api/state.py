@@ -120,8 +120,8 @@ class ApiState:
             )
 
 
-def build_state(settings: Settings, aredis, celery) -> ApiState:
-    dispatcher = Dispatcher(celery, settings.redis_url, settings.result_ttl_s)
+def build_state(settings: Settings, aredis) -> ApiState:
+    dispatcher = Dispatcher(settings.redis_url, settings.result_ttl_s)
     batcher = Batcher(
         dispatcher,
         max_rows=settings.batch_max_rows,

@@ -14,6 +14,7 @@ the Redis clients given here must use ``decode_responses=False``.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -253,6 +254,17 @@ def evaluate(
 # --- Redis edge ---------------------------------------------------------------
 
 
+_rng: tuple[int, np.random.Generator] | None = None
+
+
+def _process_rng() -> np.random.Generator:
+    """One generator per process (seeding one costs more than the sampling); prefork children get their own."""
+    global _rng
+    if _rng is None or _rng[0] != os.getpid():
+        _rng = (os.getpid(), np.random.default_rng())
+    return _rng[1]
+
+
 def record(
     client: redis.Redis,
     rows: np.ndarray,
@@ -277,7 +289,7 @@ def record(
         raise ValueError("window must be at least 1")
     if sample_rate <= 0 or rows.shape[0] == 0:
         return 0
-    rng = rng if rng is not None else np.random.default_rng()
+    rng = rng if rng is not None else _process_rng()
     n = rows.shape[0]
     k = min(int(rng.binomial(n, min(sample_rate, 1.0))), window)
     if k == 0:

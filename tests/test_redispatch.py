@@ -17,10 +17,8 @@ import redis
 
 from inferpool import keys
 from inferpool.publish import send_predict
-from inferpool.settings import Settings
 from tests.support.jobs import wait_job
 from tests.support.waiting import wait_until
-from workers.app import make_app
 from workers.redispatch import find_messages
 
 N_FEATURES = 20
@@ -47,10 +45,9 @@ def ledger(client) -> dict[str, int]:
 
 
 def test_find_messages_sees_a_queued_message_and_nothing_else(fresh_redis):
-    celery = make_app(Settings(redis_url=fresh_redis.url))
     spec = {"id": "t-queued", "n": 0, "work_ms": 0, "queue": keys.QUEUE_BULK}
-    send_predict(celery, "t-queued", spec, keys.QUEUE_BULK)
     client = redis.Redis.from_url(fresh_redis.url)
+    send_predict(client, "t-queued", spec, keys.QUEUE_BULK)
     assert find_messages(client, ["t-queued", "t-lost"]) == {"t-queued"}
     client.delete(*keys.priority_lists(keys.QUEUE_BULK))
     assert find_messages(client, ["t-queued"]) == set()

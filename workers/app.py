@@ -89,10 +89,9 @@ def celery_config(s: Settings) -> dict:
         "task_acks_on_failure_or_timeout": False,
         "result_expires": s.result_ttl_s,
         "task_ignore_result": True,
+        # Task events for Flower; the online task opts out (inferpool.publish says why). Producers push
+        # messages themselves (inferpool.publish), so no task-sent event exists.
         "worker_send_task_events": True,
-        # A task-sent event is one more Redis PUBLISH on the API's publish path for every task;
-        # off by default (queue depth and age come from inferpool's own metrics), on for Flower's "sent" state.
-        "task_send_sent_event": s.task_sent_events,
         "task_default_queue": keys.QUEUE_ONLINE,
         "task_create_missing_queues": True,
         "broker_connection_retry_on_startup": True,

@@ -26,14 +26,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 
 from inferpool import keys
 from inferpool.publish import chunk_rows, chunk_spec, send_predict
 from inferpool.redis_client import sync_client
 from inferpool.settings import Settings, get_settings
-from workers.app import make_app
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +134,7 @@ def _finished(client: Any, spec: dict) -> bool:
     return bool(client.exists(keys.batch_result(spec["id"])))
 
 
-def sweep(client: Any, celery: Celery, s: Settings, now: float) -> SweepReport:
+def sweep(client: Any, s: Settings, now: float) -> SweepReport:
     """One pass: resend every piece of stalled work whose message is nowhere to be found."""
     report = SweepReport()
     stalled = client.zrangebyscore(keys.INFLIGHT, "-inf", now - s.visibility_timeout_s, start=0, num=SWEEP_LIMIT)
@@ -159,7 +157,7 @@ def sweep(client: Any, celery: Celery, s: Settings, now: float) -> SweepReport:
     for task_id, spec in pieces.items():
         # Finished during the scan (taken, run and acked before the unacked hash was read): not lost.
         if task_id not in alive and not _finished(client, spec):
-            send_predict(celery, task_id, spec, spec["queue"])
+            send_predict(client, task_id, spec, spec["queue"])
             report.resent += 1
     if watched:
         # Each entry's clock starts again: a resent piece gets a full visibility timeout to show progress.
@@ -176,12 +174,11 @@ _stop = threading.Event()
 def _run(hostname: str) -> None:
     s = get_settings()
     client = sync_client(s.redis_url)
-    celery = make_app(s)  # its own app: this thread never shares a producer or connection with the consumer
     lock_s = max(1, int(s.redispatch_interval_s))
     while not _stop.wait(s.redispatch_interval_s):
         try:
             if client.set(keys.REDISPATCH_LOCK, hostname, nx=True, ex=lock_s):
-                sweep(client, celery, s, time.time())
+                sweep(client, s, time.time())
         except Exception as exc:  # Redis restarting: the next interval tries again.
             logger.debug("re-dispatch sweep failed: %s", exc)
 

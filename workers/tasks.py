@@ -24,6 +24,7 @@ import redis
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from inferpool import codec, drift, keys, metrics
+from inferpool.publish import TASK_PREDICT, TASK_PREDICT_ONLINE
 from inferpool.settings import get_settings
 from workers.app import app, soft_time_limit_s
 from workers.runtime import get_runtime
@@ -38,11 +39,17 @@ REDIS_PATIENCE_S = 3.0
 REDIS_RETRY_PAUSE_S = 0.2
 SOFT_LIMIT_MARGIN_S = 0.5
 
-# KEYS: job hash, done set, ledger, chunk input, in-flight set; ARGV: chunk, rows, ttl, now, queue_wait, run_s,
-# in-flight member. The outcome counts in the ledger only once the API has accepted the job (api/jobs.py counts
-# it then if it finished first); a job whose hash expired is left alone rather than rebuilt without a TTL.
-# A finished chunk is progress: the job's mark in the in-flight set moves on (or goes, with the job).
+# KEYS: job hash, done set, ledger, chunk input, in-flight set, chunk output, samples stream ("" for none);
+# ARGV: chunk, rows, ttl, now, queue_wait, run_s, in-flight member, predictions, samples cap.
+# The output is written first (a later copy writes the same bytes). The outcome counts in the ledger only once
+# the API has accepted the job (api/jobs.py counts it then if it finished first); a job whose hash expired is
+# left alone rather than rebuilt without a TTL. A finished chunk is progress: the job's mark in the in-flight set
+# moves on (or goes, with the job). One sample per task goes to the queue's stream: the scaler's signal.
 _FINISH_CHUNK = """
+redis.call('SET', KEYS[6], ARGV[8], 'EX', ARGV[3])
+if KEYS[7] ~= '' then
+  redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[9], '*', 'w', ARGV[5], 'r', ARGV[6])
+end
 if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
 local added = redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
@@ -68,14 +75,17 @@ end
 return done
 """
 
-# KEYS: result key, ledger, reply list (or "" when none), pending marker, spec, in-flight set;
-# ARGV: payload, ttl, requests, outcome, in-flight member.
+# KEYS: result key, ledger, reply list (or "" when none), pending marker, spec, in-flight set, samples stream
+# (or ""); ARGV: payload, ttl, requests, outcome, in-flight member, queue_wait, run_s, samples cap.
 # One round trip: the answer goes out first, the first completion alone counts in the ledger, and only
 # if the API has marked the requests accepted (if the marker comes later, the API counts it then).
 _FINISH_INLINE = """
 if KEYS[3] ~= '' then
   redis.call('RPUSH', KEYS[3], ARGV[1])
   redis.call('EXPIRE', KEYS[3], 300)
+end
+if KEYS[7] ~= '' then
+  redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[8], '*', 'w', ARGV[6], 'r', ARGV[7])
 end
 if redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then
   if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('HINCRBY', KEYS[2], ARGV[4], ARGV[3]) end
@@ -115,16 +125,48 @@ def _enqueued_at(request: Any) -> float | None:
     return float(value) if value is not None else None
 
 
-@app.task(name="inferpool.predict", bind=True, ignore_result=True)
-def predict(self: Any, spec: dict[str, Any]) -> None:
-    """Run the model on one message's rows; ``spec`` is built by ``api.dispatch`` or ``inferpool.publish``."""
+def _run(task: Any, spec: dict[str, Any]) -> None:
     try:
-        _predict(self, spec)
+        _predict(task, spec)
     except (*TRANSIENT_REDIS_ERRORS, SoftTimeLimitExceeded) as exc:
         # Redis stayed away past our patience, or time ran out outside the model call (which marks its
         # job failed itself): put the message back (or, Redis being down, leave it unacked until the
         # visibility timeout) rather than ack a task whose results were never written.
         raise Reject(f"results not written ({type(exc).__name__})", requeue=True) from exc
+
+
+@app.task(name=TASK_PREDICT, bind=True, ignore_result=True)
+def predict(self: Any, spec: dict[str, Any]) -> None:
+    """Run the model on one message's rows; ``spec`` is built by ``api.dispatch`` or ``inferpool.publish``."""
+    _run(self, spec)
+
+
+# Micro-batches send no task events: see inferpool.publish for the figures behind that choice.
+@app.task(name=TASK_PREDICT_ONLINE, bind=True, ignore_result=True, send_events=False)
+def predict_online(self: Any, spec: dict[str, Any]) -> None:
+    """``predict`` for micro-batches of the online queue."""
+    _run(self, spec)
+
+
+class _Scripts:
+    """The finishing scripts, registered once per client: EVALSHA sends 40 bytes, not the script's text."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.finish_chunk = client.register_script(_FINISH_CHUNK)
+        self.finish_inline = client.register_script(_FINISH_INLINE)
+        self.start_chunk = client.register_script(_START_CHUNK)
+        self.fail_job = client.register_script(_FAIL_JOB)
+
+
+_scripts: _Scripts | None = None
+
+
+def _scripts_of(rt: Any) -> _Scripts:
+    global _scripts
+    if _scripts is None or _scripts.client is not rt.redis:
+        _scripts = _Scripts(rt.redis)
+    return _scripts
 
 
 def _predict(self: Any, spec: dict[str, Any]) -> None:
@@ -140,7 +182,7 @@ def _predict(self: Any, spec: dict[str, Any]) -> None:
         _count_redelivery(rt, queue)
     if job_id:
         _patiently(
-            rt.redis.eval, _START_CHUNK, 2, keys.job(job_id), keys.INFLIGHT, started, keys.inflight_job(job_id),
+            _scripts_of(rt).start_chunk, [keys.job(job_id), keys.INFLIGHT], [started, keys.inflight_job(job_id)],
             until=patience,
         )  # fmt: skip
     try:
@@ -223,16 +265,19 @@ def _load_rows(spec: dict[str, Any], rt: Any) -> Any:
     return codec.rows_from_bytes(data, n_features)
 
 
+def _samples_key(spec: dict) -> str:
+    queue = spec.get("queue", "")
+    return keys.task_samples(queue) if queue else ""
+
+
 def _finish_chunk(spec: dict, rt: Any, preds: Any, wait_s: float, run_s: float, now: float, ttl: int) -> None:
     job_id, chunk = spec["job"], spec["chunk"]
-    pipe = rt.redis.pipeline(transaction=False)
-    pipe.set(keys.job_output(job_id, chunk), codec.preds_to_bytes(preds), ex=ttl)
-    pipe.eval(
-        _FINISH_CHUNK, 5, keys.job(job_id), keys.job_done_chunks(job_id), keys.LEDGER, keys.job_input(job_id, chunk),
-        keys.INFLIGHT, chunk, len(preds), ttl, now, wait_s, run_s, keys.inflight_job(job_id),
+    done = _scripts_of(rt).finish_chunk(
+        keys=[keys.job(job_id), keys.job_done_chunks(job_id), keys.LEDGER, keys.job_input(job_id, chunk),
+              keys.INFLIGHT, keys.job_output(job_id, chunk), _samples_key(spec)],
+        args=[chunk, len(preds), ttl, now, f"{wait_s:.4f}", f"{run_s:.4f}", keys.inflight_job(job_id),
+              codec.preds_to_bytes(preds), keys.TASK_SAMPLES_MAXLEN],
     )  # fmt: skip
-    _sample(pipe, spec.get("queue", ""), wait_s, run_s)
-    done = pipe.execute()[1]
     if done == -1:
         metrics.DUPLICATES.inc()
     metrics.TASKS_COMPLETED.labels(queue=spec.get("queue", ""), outcome="success").inc()
@@ -242,38 +287,35 @@ def _finish_inline(spec: dict, rt: Any, preds: Any, enq: float, start: float, en
     payload = orjson.dumps(
         {"id": spec["id"], "p": preds.tolist(), "v": rt.manifest.version, "enq": enq, "start": start, "end": end}
     )
-    pipe = rt.redis.pipeline(transaction=False)
-    pipe.eval(*_finish_inline_args(spec, payload, ttl, "succeeded"))
-    _sample(pipe, spec.get("queue", ""), max(0.0, start - enq), end - start)
-    first = pipe.execute()[0]
+    first = _scripts_of(rt).finish_inline(
+        *_finish_inline_args(spec, payload, ttl, "succeeded", start - enq, end - start)
+    )
     if not first:
         metrics.DUPLICATES.inc()
     metrics.TASKS_COMPLETED.labels(queue=spec.get("queue", ""), outcome="success").inc()
 
 
-def _finish_inline_args(spec: dict, payload: bytes, ttl: int, outcome: str) -> tuple:
+def _finish_inline_args(
+    spec: dict, payload: bytes, ttl: int, outcome: str, wait_s: float | None = None, run_s: float | None = None
+) -> tuple[list, list]:
+    """(keys, args) of the finishing script; a failure (no timings) adds no sample to the queue's stream."""
     task_id = spec["id"]
+    samples = _samples_key(spec) if wait_s is not None else ""
     return (
-        _FINISH_INLINE, 6, keys.batch_result(task_id), keys.LEDGER, spec.get("reply") or "",
-        keys.batch_pending(task_id), keys.batch_spec(task_id), keys.INFLIGHT,
-        payload, ttl, spec.get("reqs", 1), outcome, keys.inflight_batch(task_id),
+        [keys.batch_result(task_id), keys.LEDGER, spec.get("reply") or "", keys.batch_pending(task_id),
+         keys.batch_spec(task_id), keys.INFLIGHT, samples],
+        [payload, ttl, spec.get("reqs", 1), outcome, keys.inflight_batch(task_id),
+         f"{max(0.0, wait_s or 0.0):.4f}", f"{run_s or 0.0:.4f}", keys.TASK_SAMPLES_MAXLEN],
     )  # fmt: skip
-
-
-def _sample(pipe: Any, queue: str, wait_s: float, run_s: float) -> None:
-    """One capped stream entry per task, in the finishing round trip: the scaler's wait and service-time signal."""
-    if queue:
-        fields = {"w": f"{wait_s:.4f}", "r": f"{run_s:.4f}"}
-        pipe.xadd(keys.task_samples(queue), fields, maxlen=keys.TASK_SAMPLES_MAXLEN, approximate=True)
 
 
 def _report_failure(spec: dict, rt: Any, error: str) -> None:
     s = get_settings()
     if spec.get("job"):
-        rt.redis.eval(
-            _FAIL_JOB, 3, keys.job(spec["job"]), keys.LEDGER, keys.INFLIGHT,
-            error, time.time(), keys.inflight_job(spec["job"]),
-        )  # fmt: skip
+        _scripts_of(rt).fail_job(
+            keys=[keys.job(spec["job"]), keys.LEDGER, keys.INFLIGHT],
+            args=[error, time.time(), keys.inflight_job(spec["job"])],
+        )
         return
     payload = orjson.dumps({"id": spec["id"], "error": error})
-    rt.redis.eval(*_finish_inline_args(spec, payload, s.result_ttl_s, "failed"))
+    _scripts_of(rt).finish_inline(*_finish_inline_args(spec, payload, s.result_ttl_s, "failed"))
