@@ -6,6 +6,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from inferpool.model_store import Manifest
+
+RUNTIME_CHOICES = ["auto", "joblib"]
+RUNTIME_HELP = "auto: also compile for onnxruntime where skl2onnx can and predictions agree; joblib: do not compile"
 
 
 def _settings():
@@ -19,8 +26,9 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
     s = _settings()
     model_dir = Path(ns.model_dir or s.model_dir)
-    m = model_store.train_reference(model_dir, ns.samples, ns.features, ns.trees, ns.seed)
+    m = model_store.train_reference(model_dir, ns.samples, ns.features, ns.trees, ns.seed, runtime=ns.runtime)
     print(f"trained {m.estimator} version {m.version} ({m.n_features} features) -> {model_dir / m.file}")
+    _print_runtime(m)
     return 0
 
 
@@ -32,9 +40,18 @@ def cmd_register(ns: argparse.Namespace) -> int:
     s = _settings()
     model_dir = Path(ns.model_dir or s.model_dir)
     X, y = np.load(ns.train_x, allow_pickle=False), np.load(ns.train_y, allow_pickle=False)
-    m = model_store.register_model(Path(ns.model), X, y, model_dir)
+    m = model_store.register_model(Path(ns.model), X, y, model_dir, runtime=ns.runtime)
     print(f"registered {m.estimator} version {m.version} -> {model_dir / m.file}")
+    _print_runtime(m)
     return 0
+
+
+def _print_runtime(m: Manifest) -> None:
+    rt = m.runtime
+    if rt.runtime == "onnx":
+        print(f"runtime onnx: {rt.file} agrees with the original on all {rt.rows_checked} rows checked")
+    else:
+        print(f"runtime joblib: {rt.reason}")
 
 
 def _ensure_metrics_dir(group: str) -> None:
@@ -104,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--trees", type=int, default=100)
     t.add_argument("--seed", type=int, default=42)
     t.add_argument("--model-dir")
+    t.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto", help=RUNTIME_HELP)
     t.set_defaults(fn=cmd_train)
 
     r = sub.add_parser("register", help="register your own joblib model with its training data")
@@ -111,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--train-x", required=True, help=".npy of training features (for drift summaries)")
     r.add_argument("--train-y", required=True, help=".npy of training labels")
     r.add_argument("--model-dir")
+    r.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto", help=RUNTIME_HELP)
     r.set_defaults(fn=cmd_register)
 
     a = sub.add_parser("api", help="run the HTTP API")

@@ -1,9 +1,10 @@
 """The model directory: train, register, describe and safely load models.
 
 Layout: ``<model_dir>/<version>.joblib`` beside ``<model_dir>/<version>.json``
-(the manifest) and ``<model_dir>/current`` naming the served version.
+(the manifest), ``<model_dir>/<version>.onnx`` when the model compiled (see
+``inferpool.compiled``) and ``<model_dir>/current`` naming the served version.
 joblib files are pickles, so a worker loads only a file inside the model
-directory whose sha256 matches its manifest.
+directory whose sha256 matches its manifest; the same rule covers the .onnx file.
 """
 
 from __future__ import annotations
@@ -15,15 +16,20 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import joblib
 import numpy as np
 
+from inferpool.compiled import RUNTIME_JOBLIB, RUNTIME_ONNX, OnnxModel, RuntimeInfo, compile_model
 from inferpool.errors import ModelError, ModelIntegrityError
 
 SUMMARY_BINS = 10
 CURRENT_FILE = "current"
+# At train/register time: "auto" compiles where the converter can, "joblib" skips compiling.
+CompileChoice = Literal["auto", "joblib"]
+# At load time: "auto" follows the manifest, "joblib"/"onnx" force one (onnx fails if none was compiled).
+LoadChoice = Literal["auto", "joblib", "onnx"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,7 @@ class Manifest:
     created: float
     estimator: str
     features: list[FeatureSummary] = field(default_factory=list)
+    runtime: RuntimeInfo = field(default_factory=RuntimeInfo)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -65,7 +72,7 @@ class Manifest:
             edges[0] = -np.inf if edges[0] is None else edges[0]
             edges[-1] = np.inf if edges[-1] is None else edges[-1]
             feats.append(FeatureSummary(edges, f["proportions"], f["mean"], f["std"]))
-        return cls(**{**d, "features": feats})
+        return cls(**{**d, "features": feats, "runtime": RuntimeInfo.from_json(d.get("runtime"))})
 
 
 def summarize_features(X: np.ndarray, bins: int = SUMMARY_BINS) -> list[FeatureSummary]:
@@ -95,8 +102,11 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_model(model: Any, X_train: np.ndarray, y_train: np.ndarray, model_dir: Path) -> Manifest:
-    """Write ``model`` and its manifest into ``model_dir`` and make it the served version."""
+def save_model(
+    model: Any, X_train: np.ndarray, y_train: np.ndarray, model_dir: Path, runtime: CompileChoice = "auto"
+) -> Manifest:
+    """Write ``model`` (compiled too, unless ``runtime`` is joblib) and its manifest into ``model_dir``,
+    and make it the served version."""
     model_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=model_dir, suffix=".tmp", delete=False) as tmp:
         tmp_path = Path(tmp.name)
@@ -105,6 +115,10 @@ def save_model(model: Any, X_train: np.ndarray, y_train: np.ndarray, model_dir: 
     version = digest[:12]
     final = model_dir / f"{version}.joblib"
     os.replace(tmp_path, final)
+    if runtime == RUNTIME_JOBLIB:
+        compiled = RuntimeInfo(reason="joblib runtime requested")
+    else:
+        compiled = compile_model(model, np.asarray(X_train), model_dir / f"{version}.onnx")
     classes, counts = np.unique(np.asarray(y_train), return_counts=True)
     manifest = Manifest(
         version=version,
@@ -116,6 +130,7 @@ def save_model(model: Any, X_train: np.ndarray, y_train: np.ndarray, model_dir: 
         created=time.time(),
         estimator=type(model).__name__,
         features=summarize_features(np.asarray(X_train, dtype=np.float64)),
+        runtime=compiled,
     )
     (model_dir / f"{version}.json").write_text(json.dumps(manifest.to_json(), indent=2))
     (model_dir / CURRENT_FILE).write_text(version + "\n")
@@ -123,7 +138,12 @@ def save_model(model: Any, X_train: np.ndarray, y_train: np.ndarray, model_dir: 
 
 
 def train_reference(
-    model_dir: Path, n_samples: int = 500, n_features: int = 20, n_estimators: int = 100, seed: int = 42
+    model_dir: Path,
+    n_samples: int = 500,
+    n_features: int = 20,
+    n_estimators: int = 100,
+    seed: int = 42,
+    runtime: CompileChoice = "auto",
 ) -> Manifest:
     """The reference model: a random forest on ``make_classification`` data, fixed seeds."""
     from sklearn.datasets import make_classification
@@ -132,7 +152,7 @@ def train_reference(
     X, y = make_classification(n_samples=n_samples, n_features=n_features, random_state=seed)
     # n_jobs=1: in a worker, joblib threads add a ~35 ms floor to every small call.
     model = RandomForestClassifier(n_estimators=n_estimators, random_state=seed, n_jobs=1).fit(X, y)
-    return save_model(model, X, y, model_dir)
+    return save_model(model, X, y, model_dir, runtime)
 
 
 def ensure_reference(model_dir: Path) -> tuple[Manifest, bool]:
@@ -146,7 +166,9 @@ def ensure_reference(model_dir: Path) -> tuple[Manifest, bool]:
         return train_reference(model_dir), True
 
 
-def register_model(model_path: Path, X_train: np.ndarray, y_train: np.ndarray, model_dir: Path) -> Manifest:
+def register_model(
+    model_path: Path, X_train: np.ndarray, y_train: np.ndarray, model_dir: Path, runtime: CompileChoice = "auto"
+) -> Manifest:
     """Register a user's own joblib model, summarised against the data it was trained on.
 
     The file is loaded here, once, by the person registering it; workers then load
@@ -155,7 +177,7 @@ def register_model(model_path: Path, X_train: np.ndarray, y_train: np.ndarray, m
     model = joblib.load(model_path)
     if not hasattr(model, "predict"):
         raise ModelError(f"{model_path} holds a {type(model).__name__}, which has no predict()")
-    return save_model(model, X_train, y_train, model_dir)
+    return save_model(model, X_train, y_train, model_dir, runtime)
 
 
 def current_version(model_dir: Path) -> str:
@@ -174,19 +196,41 @@ def read_manifest(model_dir: Path, version: str | None = None) -> Manifest:
         raise ModelError(f"model version {version} has no manifest in {model_dir}") from exc
 
 
-def load_model(model_dir: Path, version: str | None = None) -> tuple[Any, Manifest]:
-    """Load the served model after checking that its file matches the manifest."""
-    manifest = read_manifest(model_dir, version)
-    root = model_dir.resolve()
-    path = (root / manifest.file).resolve()
+def _inside(root: Path, name: str) -> Path:
+    path = (root / name).resolve()
     if path.parent != root:
-        raise ModelIntegrityError(f"manifest points outside the model directory: {manifest.file}")
+        raise ModelIntegrityError(f"manifest points outside the model directory: {name}")
     if not path.is_file():
         raise ModelError(f"model file {path} is missing")
-    digest = _sha256(path)
-    if digest != manifest.sha256:
+    return path
+
+
+def _verify(name: str, digest: str, recorded: str | None) -> None:
+    if digest != recorded:
         raise ModelIntegrityError(
-            f"{path.name}: sha256 {digest[:12]}… does not match the manifest's "
-            f"{manifest.sha256[:12]}…; refusing to load"
+            f"{name}: sha256 {digest[:12]}… does not match the manifest's {(recorded or '')[:12]}…; refusing to load"
         )
+
+
+def load_model(model_dir: Path, version: str | None = None, runtime: LoadChoice = "joblib") -> tuple[Any, Manifest]:
+    """Load a model version after checking that its file matches the manifest.
+
+    ``runtime``: "joblib" (the default, what callers outside the workers compare against) gives the
+    scikit-learn model; "auto" gives the compiled model when the manifest accepted one; "onnx" insists
+    on it. Either way the result has ``predict(rows) -> labels`` with the scikit-learn dtype.
+    """
+    manifest = read_manifest(model_dir, version)
+    root = model_dir.resolve()
+    info = manifest.runtime
+    if runtime == RUNTIME_ONNX and (info.runtime != RUNTIME_ONNX or not info.file):
+        raise ModelError(
+            f"model version {manifest.version} has no compiled model ({info.reason}); train or register it again"
+        )
+    if runtime != RUNTIME_JOBLIB and info.runtime == RUNTIME_ONNX and info.file:
+        # Hash the very bytes the session is built from: the file cannot change between check and load.
+        data = _inside(root, info.file).read_bytes()
+        _verify(info.file, hashlib.sha256(data).hexdigest(), info.sha256)
+        return OnnxModel(data, info.label_dtype), manifest
+    path = _inside(root, manifest.file)
+    _verify(path.name, _sha256(path), manifest.sha256)
     return joblib.load(path), manifest

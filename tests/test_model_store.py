@@ -1,4 +1,7 @@
-"""The model store: manifests, integrity checks before joblib.load, registering a user's model."""
+"""The model store: manifests, integrity checks before loading, registering a user's model.
+
+Compiled (onnx) models have their own tests in tests/test_compiled_runtime.py.
+"""
 
 from __future__ import annotations
 
@@ -22,8 +25,10 @@ def test_reference_manifest(tmp_path):
     f0 = doc["features"][0]
     assert f0["edges"][0] is None and f0["edges"][-1] is None  # open outer bins
     assert abs(sum(f0["proportions"]) - 1) < 1e-9
+    assert doc["runtime"]["runtime"] == "onnx" and doc["runtime"]["file"] == f"{m.version}.onnx"
     model, loaded = model_store.load_model(tmp_path)
     assert loaded.version == m.version and model.n_estimators == 5
+    assert model_store.Manifest.from_json(json.loads(json.dumps(m.to_json()))) == m
 
 
 def test_tampered_model_is_refused(tmp_path):
@@ -55,5 +60,18 @@ def test_register_users_model(tmp_path):
     joblib.dump(LogisticRegression().fit(X, y), tmp_path / "mine.joblib")
     m = model_store.register_model(tmp_path / "mine.joblib", X, y, tmp_path / "models")
     assert m.estimator == "LogisticRegression" and m.n_features == 4
+    assert m.runtime.runtime == "onnx" and m.runtime.disagreements == 0
     model, _ = model_store.load_model(tmp_path / "models")
     assert (model.predict(X) == y).mean() > 0.9
+    compiled, _ = model_store.load_model(tmp_path / "models", runtime="auto")
+    assert np.array_equal(compiled.predict(X), model.predict(X.astype(np.float32)))
+
+
+def test_register_without_compiling(tmp_path):
+    X = np.random.default_rng(0).normal(size=(200, 4))
+    y = (X[:, 0] > 0).astype(int)
+    joblib.dump(LogisticRegression().fit(X, y), tmp_path / "mine.joblib")
+    m = model_store.register_model(tmp_path / "mine.joblib", X, y, tmp_path / "models", runtime="joblib")
+    assert m.runtime.runtime == "joblib" and m.runtime.reason == "joblib runtime requested"
+    model, _ = model_store.load_model(tmp_path / "models", runtime="auto")
+    assert isinstance(model, LogisticRegression)
