@@ -15,6 +15,7 @@ from api.routes import jobs, ops, predict
 from api.security import load_tables
 from api.state import build_state
 from inferpool import metrics, telemetry
+from inferpool.compiled import served_runtime
 from inferpool.redis_client import async_client
 from inferpool.settings import Settings, get_settings
 
@@ -113,7 +114,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.batcher.start()
         try:
             m = state.manifest()
-            metrics.MODEL_INFO.labels(version=m.version, sha256=m.sha256).set(1)
+            # The API serves no model: it reports the runtime its workers pick under the same settings.
+            runtime = served_runtime(m.runtime, s.model_runtime)
+            metrics.MODEL_INFO.labels(version=m.version, sha256=m.sha256, runtime=runtime).set(1)
         except Exception:
             pass
         yield

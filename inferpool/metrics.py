@@ -51,7 +51,10 @@ TASKS_REDELIVERED = Counter(
 
 # --- model -----------------------------------------------------------------------
 # livemax: a process that exits (and says so, see workers/metrics_server.py) stops claiming its version.
-MODEL_INFO = Gauge("inferpool_model_info", "The served model", ["version", "sha256"], multiprocess_mode="livemax")
+# runtime: "onnx" (compiled, onnxruntime) or "joblib" (scikit-learn), as the process serves it.
+MODEL_INFO = Gauge(
+    "inferpool_model_info", "The served model", ["version", "sha256", "runtime"], multiprocess_mode="livemax"
+)
 
 
 OUTCOMES = ("success", "failure", "retry", "rejected")

@@ -25,7 +25,9 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("REDIS_URL", "INFERPOOL_REDIS_URL"),
         description="Broker, result backend and job store. rediss:// and passwords supported.",
     )
-    model_dir: Path = Field(Path("models"), description="Only joblib files here, matching their manifest, are loaded.")
+    model_dir: Path = Field(Path("models"), description="Only model files here, matching their manifest, are loaded.")
+    # auto: serve the compiled (onnxruntime) model when the manifest accepted one; joblib: always the joblib model.
+    model_runtime: Literal["auto", "joblib"] = "auto"
 
     # --- delivery ----------------------------------------------------------
     # A message taken by a worker that dies without acking comes back after this

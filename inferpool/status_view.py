@@ -1,7 +1,7 @@
 """``inferpool status``: the system at a glance in a terminal, refreshed every second.
 
 Reads the same JSON as ``GET /v1/monitoring/status`` (straight from Redis, or
-from an API with ``--url``), the drift verdict, and the workers' own
+from an API with ``--url``), the served model and its runtime, the drift verdict, and the workers' own
 ``/metrics`` (addresses from their heartbeats) for the p95 queue wait.
 Throughput and error rate are differences of the job ledger between frames,
 over the last ``WINDOW_S`` seconds.
@@ -24,6 +24,7 @@ import httpx
 import redis
 
 from inferpool import drift, keys, model_store, status
+from inferpool.compiled import served_runtime
 from inferpool.settings import Settings, get_settings
 
 WINDOW_S = 10.0
@@ -76,6 +77,7 @@ class Viewer:
     api_key: str | None = None
     frames: deque[Frame] = field(default_factory=lambda: deque(maxlen=64))
     drift_line: str = "drift: (reading)"
+    model_line: str = "model: (reading)"
     _drift_at: float = 0.0
 
     async def _status(self, aclient: Any, http: httpx.AsyncClient) -> dict[str, Any]:
@@ -99,6 +101,18 @@ class Viewer:
         detail = f" ({', '.join(bad[:8])}{' ...' if len(bad) > 8 else ''})" if bad else ""
         n = f"{d['n_features_drifted']}/{d['n_features']} features drifted"
         return f"drift: {d['status']} (window {d['n_samples']} rows, {n}){detail}"
+
+    async def _model(self, http: httpx.AsyncClient) -> str:
+        if self.url:
+            r = await http.get(f"{self.url}/v1/models")
+            r.raise_for_status()
+            m = r.json()
+            runtime = (m.get("runtime") or {}).get("runtime", "joblib")
+        else:
+            manifest = model_store.read_manifest(self.settings.model_dir)
+            m = manifest.to_json()
+            runtime = served_runtime(manifest.runtime, self.settings.model_runtime)
+        return f"model {m['version']} ({m['estimator']}, runtime {runtime})"
 
     async def _buckets(self, aclient: Any, http: httpx.AsyncClient, names: list[str]) -> dict[float, float]:
         if aclient is None:
@@ -125,6 +139,10 @@ class Viewer:
                 self.drift_line = await self._drift(aclient, http)
             except Exception as exc:  # drift is one line of many: show why, keep the rest
                 self.drift_line = f"drift: unavailable ({type(exc).__name__})"
+            try:
+                self.model_line = await self._model(http)
+            except Exception as exc:
+                self.model_line = f"model: unavailable ({type(exc).__name__})"
             self._drift_at = now
         return self.render()
 
@@ -170,6 +188,7 @@ class Viewer:
         sc = st.get("scaler") or {}
         if sc.get("desired") is not None:
             lines.append(f"scaler desired {sc['desired']} actual {sc['actual']}")
+        lines.append(self.model_line)
         lines.append(self.drift_line)
         return "\n".join(lines)
 

@@ -110,10 +110,10 @@ def _model_info(**_: Any) -> None:
     from workers.runtime import get_runtime
 
     try:
-        m = get_runtime().manifest
+        rt = get_runtime()
     except Exception:  # the load failure is logged by workers.runtime
         return
-    metrics.MODEL_INFO.labels(version=m.version, sha256=m.sha256).set(1)
+    metrics.MODEL_INFO.labels(version=rt.manifest.version, sha256=rt.manifest.sha256, runtime=rt.runtime).set(1)
 
 
 @worker_process_shutdown.connect

@@ -9,6 +9,7 @@ from typing import Any
 import redis
 from celery.signals import worker_process_init
 
+from inferpool.compiled import served_runtime
 from inferpool.model_store import Manifest, load_model
 from inferpool.redis_client import sync_client
 from inferpool.settings import get_settings
@@ -21,6 +22,7 @@ class Runtime:
     model: Any
     manifest: Manifest
     redis: redis.Redis
+    runtime: str  # what serves: "onnx" (compiled) or "joblib"
 
 
 _runtime: Runtime | None = None
@@ -31,9 +33,13 @@ def get_runtime() -> Runtime:
     global _runtime
     if _runtime is None:
         s = get_settings()
-        model, manifest = load_model(s.model_dir)
-        _runtime = Runtime(model=model, manifest=manifest, redis=sync_client(s.redis_url))
-        logger.info("model %s loaded (%s, %d features)", manifest.version, manifest.estimator, manifest.n_features)
+        model, manifest = load_model(s.model_dir, runtime=s.model_runtime)
+        served = served_runtime(manifest.runtime, s.model_runtime)
+        _runtime = Runtime(model=model, manifest=manifest, redis=sync_client(s.redis_url), runtime=served)
+        logger.info(
+            "model %s loaded (%s, %d features, runtime %s)",
+            manifest.version, manifest.estimator, manifest.n_features, served,
+        )  # fmt: skip
     return _runtime
 
 
