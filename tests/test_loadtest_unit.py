@@ -9,17 +9,19 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import httpx
 import numpy as np
+import orjson
 import pytest
 
 from inferpool.loadtest import SpecError, add_loadtest_arguments, config_from_args
 from inferpool.loadtest import records as rec
 from inferpool.loadtest.config import Features, Route
+from inferpool.loadtest.http import Response
 from inferpool.loadtest.mix import parse_mix
 from inferpool.loadtest.profile import Arrivals, ProfileKind, build_profile, parse_profile
 from inferpool.loadtest.records import RequestRecord
 from inferpool.loadtest.routes import N_FEATURES, Payloads
+from inferpool.loadtest.runner import phase_names
 from inferpool.loadtest.sampler import StatusSampler, parse_status
 
 
@@ -283,29 +285,43 @@ def test_status_document_is_summed_and_decisions_kept() -> None:
 
 def test_sampler_deduplicates_decisions_and_survives_failures() -> None:
     decision = {"t": 1002.0, "direction": "down", "reason": "idle", "from": 3, "to": 2}
-    answers = iter(
-        [
-            httpx.Response(200, json={"scaler": {"desired": 2, "decisions": [decision]}}),
-            httpx.Response(503, json={"detail": "redis down"}),
-            httpx.Response(200, content=b"not json"),
-            httpx.Response(200, json={"scaler": {"desired": 2, "decisions": [decision, {**decision, "t": 1003.0}]}}),
-        ]
-    )
-    seen_headers: list[str | None] = []
+    answers = [
+        Response(200, orjson.dumps({"scaler": {"desired": 2, "decisions": [decision]}})),
+        Response(503, b'{"detail": "redis down"}'),
+        Response(200, b"not json"),
+        ConnectionRefusedError("refused"),
+        TimeoutError(),
+        Response(200, orjson.dumps({"scaler": {"desired": 2, "decisions": [decision, {**decision, "t": 1003.0}]}})),
+    ]
+    paths: list[str] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen_headers.append(request.headers.get("X-API-Key"))
-        return next(answers)
+    class FakeClient:
+        async def get(self, path: str, *, timeout: float | None = None) -> Response:
+            paths.append(path)
+            answer = answers[len(paths) - 1]
+            if isinstance(answer, BaseException):
+                raise answer
+            return answer
 
-    async def sample_four() -> StatusSampler:
-        sampler = StatusSampler("http://127.0.0.1:1/v1/monitoring/status", start_epoch=1000.0, clock=lambda: 0.0)
-        transport = httpx.MockTransport(handler)
-        async with httpx.AsyncClient(transport=transport, headers={"X-API-Key": "k"}) as client:
-            for _ in range(4):
-                await sampler.sample(client)
+    async def sample_all() -> StatusSampler:
+        sampler = StatusSampler("http://127.0.0.1:1/v1/monitoring/status?x=1", start_epoch=1000.0, clock=lambda: 0.0)
+        for _ in answers:
+            await sampler.sample(FakeClient())
         return sampler
 
-    sampler = asyncio.run(sample_four())
-    assert [s.ok for s in sampler.samples] == [True, False, False, True]
+    sampler = asyncio.run(sample_all())
+    assert [s.ok for s in sampler.samples] == [True, False, False, False, False, True]
     assert sorted(d.t_s for d in sampler.decisions.values()) == [2.0, 3.0]
-    assert seen_headers == ["k"] * 4
+    assert paths == ["/v1/monitoring/status?x=1"] * len(answers)
+
+
+def test_phase_names_match_phase_at() -> None:
+    profile = build_profile(parse_profile("spike"), 10, 40)
+    times = np.array([0.0, 15.999, 16.0, 19.5, 20.0, 39.99, 40.0])
+    assert phase_names(profile, times) == [profile.phase_at(t).name for t in times]
+
+
+def test_done_time_counts_from_the_schedule() -> None:
+    r = RequestRecord(0, scheduled_s=1.0, sent_s=1.5, latency_s=0.75, status="200", work_ms=0, phase="a")
+    assert r.done_s == 1.75  # latency runs from the scheduled time, send lag included
+    assert RequestRecord(1, 2.0, None, None, "dropped", 0, "a").done_s is None

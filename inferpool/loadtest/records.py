@@ -8,6 +8,10 @@ Every arrival the profile scheduled before the run stopped becomes exactly one
 sent). A 2xx is ok, ``timeout`` and ``dropped`` are their own kinds, anything
 else is an error; so ``sent == ok + errors + timeouts``.
 
+``latency_s`` runs from the *scheduled* time to the answer, so a generator
+that fell behind its schedule shows in it; ``sent_s - scheduled_s`` is that
+send lag on its own (summary ``send_lag_s``).
+
 Per-second rows bucket each request by the second it was *scheduled* in
 (offered, sent, dropped, ok, errors, timeouts, latency percentiles of ok
 requests, error rate), except ``completed``: ok answers by the second they
@@ -61,7 +65,8 @@ def outcome(status: str) -> Outcome:
 
 
 class RequestRecord(NamedTuple):
-    """One scheduled arrival. Times in s since the run started; ``sent_s``/``latency_s`` are None when dropped."""
+    """One scheduled arrival. Times in s since the run started; ``latency_s`` is from ``scheduled_s`` to the
+    answer (send lag included); ``sent_s``/``latency_s`` are None when dropped."""
 
     id: int
     scheduled_s: float
@@ -73,7 +78,7 @@ class RequestRecord(NamedTuple):
 
     @property
     def done_s(self) -> float | None:
-        return None if self.sent_s is None or self.latency_s is None else self.sent_s + self.latency_s
+        return None if self.latency_s is None else self.scheduled_s + self.latency_s
 
 
 @dataclass(frozen=True)

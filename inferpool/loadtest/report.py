@@ -122,7 +122,7 @@ def draw_rate(ax: Axes, data: RunData) -> None:
 
 def draw_latency(ax: Axes, data: RunData) -> None:
     s = data.seconds
-    ax.set_title("Latency of ok requests, by send second", loc="left", fontsize=10)
+    ax.set_title("Latency of ok requests (from the scheduled send time), by scheduled second", loc="left", fontsize=10)
     ax.set_ylabel("latency (ms)")
     series = {k: _nan(s.get(f"{k}_s", []), 1000.0) for k in ("p50", "p95", "p99")}
     if not any(math.isfinite(v) for v in series["p99"]):
@@ -280,7 +280,7 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         ("error rate", _fmt(s.get("error_rate"), 100.0, " %")),
         ("latency p50 / p95 / p99", " / ".join(_fmt(lat.get(k), 1000.0, " ms") for k in ("p50", "p95", "p99"))),
         ("work=0 latency p50 / p95 / p99", " / ".join(_fmt(lat0.get(k), 1000.0, " ms") for k in ("p50", "p95", "p99"))),
-        ("send lag p99 (generator)", _fmt(s.get("send_lag_s", {}).get("p99"), 1000.0, " ms")),
+        ("send lag p99 (generator, included in latency)", _fmt(s.get("send_lag_s", {}).get("p99"), 1000.0, " ms")),
         ("sent = ok + errors + timeouts", "yes" if acct.get("balanced") else "NO"),
         ("stopped early", "yes" if s.get("stopped_early") else "no"),
         ("scaler decisions seen", _fmt(s.get("scaler_decisions"))),

@@ -4,11 +4,20 @@ Arrivals are fixed up front from the profile (see ``profile``) and sent by the
 clock, whatever the server does: a slow answer never delays the next request
 (no coordinated omission). At most ``max_in_flight`` requests are open; an
 arrival over that cap is recorded as ``dropped`` instead of being delayed.
-Each request has a total deadline of ``timeout_s``.
+
+Latency is timed from each arrival's *scheduled* time, not from when the
+generator got round to sending it: a generator that falls behind (CPU-bound)
+shows in the latency figures, as a user would see it; how far behind is kept
+apart as the send lag (``sent_s - scheduled_s``, summary ``send_lag_s``).
+Each request has a total deadline of ``timeout_s`` from its scheduled time.
 
 SIGINT/SIGTERM stop new arrivals and wait for open requests (each bounded by
 its timeout); a second signal abandons them (recorded as ``cancelled``).
 Either way every file is written.
+
+The generator shares the CPU with the system it measures, so the hot path is
+lean: a keep-alive client of our own (``http``), request heads built once,
+phase names looked up once per run, running counters for the progress line.
 """
 
 from __future__ import annotations
@@ -23,14 +32,14 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-import httpx
 import numpy as np
 
 from inferpool.loadtest import records as rec
 from inferpool.loadtest.config import LoadtestConfig
+from inferpool.loadtest.http import HttpClient
 from inferpool.loadtest.profile import Profile
 from inferpool.loadtest.records import RequestRecord
-from inferpool.loadtest.routes import Payloads, send
+from inferpool.loadtest.routes import Payloads, RouteSender
 from inferpool.loadtest.sampler import StatusSampler
 
 logger = logging.getLogger(__name__)
@@ -42,6 +51,7 @@ STOP_CHECK_S = 0.25
 YIELD_EVERY = 32
 # A generator later than this at p99 could not keep its schedule (client CPU bound).
 SEND_LAG_WARN_S = 0.05
+_OK, _ERROR, _TIMEOUT, _DROPPED = rec.Outcome.OK, rec.Outcome.ERROR, rec.Outcome.TIMEOUT, rec.Outcome.DROPPED
 
 
 class LoadRun:
@@ -52,6 +62,7 @@ class LoadRun:
         rng = np.random.default_rng(seed)
         self.times = profile.arrival_times(config.arrivals, rng)
         self.work = config.mix.sample(rng, len(self.times))
+        self.phases = phase_names(profile, self.times)
         self.payloads = Payloads(config.route, config.rows, config.features, rng)
         self.records: list[RequestRecord] = []
         self.pending: dict[int, tuple[float, int]] = {}  # id -> (scheduled_s, work_ms) of open requests
@@ -60,7 +71,11 @@ class LoadRun:
         self.start_epoch = 0.0
         self.load_duration_s = 0.0
         self.stopped_early = False
+        # Running counts for the progress line (recounting every record each second is O(n) per second).
+        self.counts = dict.fromkeys(rec.Outcome, 0)
+        self._recent_ok: list[float] = []  # latencies of ok answers since the last progress line
         self._t0 = 0.0
+        self._sender: RouteSender | None = None
         self._failed_unexpectedly = False
 
     def clock(self) -> float:
@@ -70,21 +85,19 @@ class LoadRun:
         loop = asyncio.get_running_loop()
         restore = _install_signal_handlers(loop, self._on_signal)
         headers = {"X-API-Key": self.config.api_key} if self.config.api_key else {}
-        n = self.config.max_in_flight
-        limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
-        client = httpx.AsyncClient(
-            base_url=self.config.base_url, headers=headers, limits=limits, timeout=self.config.timeout_s
-        )
+        client = HttpClient(self.config.base_url, headers=headers, max_idle=self.config.max_in_flight)
+        self._sender = RouteSender(client, self.config.route, self.config.rows)
+        sampler = StatusSampler(self.config.resolved_status_url, 0.0, self.clock)
         try:
-            async with client, StatusSampler.client(headers) as status_client:
+            async with client, sampler.client(headers) as status_client:
                 self._t0, self.start_epoch = loop.time(), time.time()
-                sampler = StatusSampler(self.config.resolved_status_url, self.start_epoch, self.clock)
+                sampler.start_epoch = self.start_epoch
                 sampler_done = asyncio.Event()
                 side_tasks = [
                     asyncio.create_task(sampler.run(status_client, sampler_done)),
                     asyncio.create_task(self._progress(sampler_done)),
                 ]
-                await self._generate(client)
+                await self._generate()
                 self.load_duration_s = self.clock() if self.stopped_early else self.profile.duration_s
                 await self._drain()
                 sampler_done.set()
@@ -103,35 +116,36 @@ class LoadRun:
             for task in list(self.tasks):
                 task.cancel()
 
-    async def _generate(self, client: httpx.AsyncClient) -> None:
-        for i, (t, work) in enumerate(zip(self.times.tolist(), self.work.tolist(), strict=True)):
-            delay = t - self.clock()
+    async def _generate(self) -> None:
+        loop = asyncio.get_running_loop()
+        t0, stop, pending, tasks = self._t0, self.stop, self.pending, self.tasks
+        cap = self.config.max_in_flight
+        schedule = zip(self.times.tolist(), self.work.tolist(), self.phases, strict=True)
+        for i, (t, work, phase) in enumerate(schedule):
+            delay = t0 + t - loop.time()
             if delay > 0:
-                while delay > 0 and not self.stop.is_set():
+                while delay > 0 and not stop.is_set():
                     await asyncio.sleep(min(delay, STOP_CHECK_S))
-                    delay = t - self.clock()
+                    delay = t0 + t - loop.time()
             elif i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
-            if self.stop.is_set():
+            if stop.is_set():
                 self.stopped_early = True
                 return
-            phase = self.profile.phase_at(t).name
-            if len(self.pending) >= self.config.max_in_flight:
-                self.records.append(RequestRecord(i, t, None, None, rec.DROPPED, work, phase))
+            if len(pending) >= cap:
+                self._record(RequestRecord(i, t, None, None, rec.DROPPED, work, phase))
                 continue
-            self.pending[i] = (t, work)
-            task = asyncio.create_task(self._one(client, i, t, work, phase))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            pending[i] = (t, work)
+            task = loop.create_task(self._one(i, t, work, phase))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
-    async def _one(self, client: httpx.AsyncClient, i: int, scheduled_s: float, work: int, phase: str) -> None:
+    async def _one(self, i: int, scheduled_s: float, work: int, phase: str) -> None:
+        assert self._sender is not None
         body = self.payloads.body(work)
         sent_s = self.clock()
         try:
-            async with asyncio.timeout(self.config.timeout_s):
-                status = await send(client, self.config.route, body, self.config.rows)
-        except TimeoutError:
-            status = rec.TIMEOUT
+            status = await self._sender.send(body, self._t0 + scheduled_s + self.config.timeout_s)
         except asyncio.CancelledError:
             status = rec.CANCELLED
         except Exception:  # a bug here must not lose the request from the accounting
@@ -140,7 +154,14 @@ class LoadRun:
                 self._failed_unexpectedly = True
             status = rec.ERROR
         self.pending.pop(i, None)
-        self.records.append(RequestRecord(i, scheduled_s, sent_s, self.clock() - sent_s, status, work, phase))
+        self._record(RequestRecord(i, scheduled_s, sent_s, self.clock() - scheduled_s, status, work, phase))
+
+    def _record(self, r: RequestRecord) -> None:
+        self.records.append(r)
+        kind = rec.outcome(r.status)
+        self.counts[kind] += 1
+        if kind is _OK:
+            self._recent_ok.append(r.latency_s or 0.0)
 
     async def _drain(self) -> None:
         while self.tasks:
@@ -148,40 +169,43 @@ class LoadRun:
         # Tasks cancelled before their first step never ran _one: account for them here.
         now = self.clock()
         for i, (t, work) in sorted(self.pending.items()):
-            self.records.append(RequestRecord(i, t, now, 0.0, rec.CANCELLED, work, self.profile.phase_at(t).name))
+            self._record(RequestRecord(i, t, now, now - t, rec.CANCELLED, work, self.profile.phase_at(t).name))
         self.pending.clear()
 
     async def _progress(self, done: asyncio.Event) -> None:
         if self.stream is None:
             return
         tty = self.stream.isatty()
-        seen = 0
         offered_seen = 0
         while not done.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), PROGRESS_INTERVAL_S)
-            new = self.records[seen:]
-            seen = len(self.records)
-            offered = seen + len(self.pending)
-            self.stream.write(self._progress_line(new, offered - offered_seen) + ("\r" if tty else "\n"))
+            offered = len(self.records) + len(self.pending)
+            self.stream.write(self._progress_line(offered - offered_seen) + ("\r" if tty else "\n"))
             self.stream.flush()
             offered_seen = offered
         if tty:
             self.stream.write("\n")
 
-    def _progress_line(self, new: list[RequestRecord], offered: int) -> str:
-        ok = [r.latency_s or 0.0 for r in new if rec.outcome(r.status) is rec.Outcome.OK]
+    def _progress_line(self, offered: int) -> str:
+        """The last interval's offered and achieved rates and p95, and running totals of the rest."""
+        ok, self._recent_ok = self._recent_ok, []
         p95 = rec.percentiles(ok)[1]
         p95_s = "-" if p95 is None else f"{p95 * 1000:.0f}ms"
-        kinds = [rec.outcome(r.status) for r in self.records]
-        errors = sum(k is rec.Outcome.ERROR for k in kinds)
-        timeouts = sum(k is rec.Outcome.TIMEOUT for k in kinds)
-        dropped = sum(k is rec.Outcome.DROPPED for k in kinds)
+        c = self.counts
         return (
             f"{self.clock():5.0f}s/{self.profile.duration_s:.0f}s  offered {offered / PROGRESS_INTERVAL_S:6.1f}/s  "
             f"achieved {len(ok) / PROGRESS_INTERVAL_S:6.1f}/s  p95 {p95_s:>6}  open {len(self.pending):4d}  "
-            f"errors {errors}  timeouts {timeouts}  dropped {dropped}\x1b[K"
+            f"errors {c[_ERROR]}  timeouts {c[_TIMEOUT]}  dropped {c[_DROPPED]}\x1b[K"
         )
+
+
+def phase_names(profile: Profile, times: np.ndarray) -> list[str]:
+    """The phase of each arrival (``profile.phase_at``), for all arrivals at once."""
+    ends = np.array([p.end_s for p in profile.phases])
+    idx = np.minimum(np.searchsorted(ends, times, side="right"), len(ends) - 1)
+    names = [p.name for p in profile.phases]
+    return [names[k] for k in idx.tolist()]
 
 
 def _install_signal_handlers(loop: asyncio.AbstractEventLoop, handler: Any) -> Any:
@@ -203,13 +227,6 @@ def _install_signal_handlers(loop: asyncio.AbstractEventLoop, handler: Any) -> A
     return restore
 
 
-def quiet_httpx() -> None:
-    """httpx logs every request at INFO: thousands of lines a second here, and CPU the generator needs."""
-    httpx_logger = logging.getLogger("httpx")
-    if httpx_logger.level == logging.NOTSET:
-        httpx_logger.setLevel(logging.WARNING)
-
-
 def run_loadtest(config: LoadtestConfig) -> Path:
     """Run one load test and write its results; returns the results directory."""
     out = config.resolved_out_dir()
@@ -218,7 +235,6 @@ def run_loadtest(config: LoadtestConfig) -> Path:
     seed = config.seed if config.seed is not None else secrets.randbits(32)
     stream = sys.stderr if config.progress else None
     run = LoadRun(config, profile, seed, stream)
-    quiet_httpx()
     logger.info(
         "load test: %d arrivals over %.0f s at %.1f req/s mean", len(run.times), profile.duration_s, profile.mean_rate()
     )
@@ -229,7 +245,7 @@ def run_loadtest(config: LoadtestConfig) -> Path:
     if summary["send_lag_s"]["p99"] is not None and summary["send_lag_s"]["p99"] > SEND_LAG_WARN_S:
         logger.warning(
             "the generator fell behind its schedule (send lag p99 %.0f ms): this machine's CPU, not the server, "
-            "may limit the offered rate",
+            "may limit the offered rate, and the latencies (timed from the schedule) include that lag",
             summary["send_lag_s"]["p99"] * 1000,
         )
     if config.plot:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
-import httpx
+import orjson
 
+from inferpool.loadtest.http import TRANSPORT_ERRORS, HttpClient, Response
 from inferpool.loadtest.records import Decision, SystemSample
 
 logger = logging.getLogger(__name__)
@@ -69,22 +71,28 @@ def parse_status(data: dict[str, Any], t_s: float, start_epoch: float) -> tuple[
     return sample, decisions
 
 
+class StatusClient(Protocol):
+    """What the sampler needs of a client (an :class:`HttpClient`, or a fake in tests)."""
+
+    async def get(self, path: str, *, timeout: float | None = None) -> Response: ...
+
+
 class StatusSampler:
     """Collects samples and de-duplicated decisions until ``stop`` is set."""
 
     def __init__(self, url: str, start_epoch: float, clock: Callable[[], float]) -> None:
         self.url, self.start_epoch, self.clock = url, start_epoch, clock
+        u = urlsplit(url)
+        self.path = (u.path or "/") + (f"?{u.query}" if u.query else "")
         self.samples: list[SystemSample] = []
         self.decisions: dict[tuple[float, str, int | None, int | None], Decision] = {}
         self._failures = 0
 
-    @staticmethod
-    def client(headers: dict[str, str]) -> httpx.AsyncClient:
-        """A client of its own, so samples never queue behind the load's connection cap; make it before
-        the run's clock starts (building one costs ~20 ms of TLS setup)."""
-        return httpx.AsyncClient(timeout=SAMPLE_TIMEOUT_S, headers=headers)
+    def client(self, headers: Mapping[str, str]) -> HttpClient:
+        """A client of its own (the status URL may be on another host), with one connection kept open."""
+        return HttpClient(self.url, headers=headers, timeout_s=SAMPLE_TIMEOUT_S, max_idle=1)
 
-    async def run(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
+    async def run(self, client: StatusClient, stop: asyncio.Event) -> None:
         tick = 0
         while not stop.is_set():
             await self.sample(client)
@@ -95,16 +103,17 @@ class StatusSampler:
                     await asyncio.wait_for(stop.wait(), delay)
         await self.sample(client)  # one last look after the load ended
 
-    async def sample(self, client: httpx.AsyncClient) -> None:
+    async def sample(self, client: StatusClient) -> None:
         t_s = self.clock()
         try:
-            r = await client.get(self.url)
-            r.raise_for_status()
-            data = r.json()
+            status, body = await client.get(self.path, timeout=SAMPLE_TIMEOUT_S)
+            if not 200 <= status < 300:
+                raise ValueError(f"HTTP {status}")
+            data = orjson.loads(body)
             if not isinstance(data, dict):
                 raise ValueError("status is not a JSON object")
             sample, decisions = parse_status(data, t_s, self.start_epoch)
-        except (httpx.HTTPError, ValueError, AttributeError) as e:
+        except (*TRANSPORT_ERRORS, TimeoutError, ValueError, AttributeError) as e:
             self._failures += 1
             if self._failures == 1:
                 logger.warning("status endpoint %s failed (%s); recording gaps and going on", self.url, e)
