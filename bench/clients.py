@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.rawhttp import RawClient
+from inferpool.loadtest.http import TRANSPORT_ERRORS, HttpClient
 
 LUA = Path(__file__).with_name("predict.lua")
 _UNITS_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
@@ -64,11 +64,11 @@ def _row(rng: np.random.Generator) -> list[float]:
     return rng.normal(size=20).round(6).tolist()
 
 
-async def _timed_post(client: RawClient, body: dict, out: list, work: int) -> None:
+async def _timed_post(client: HttpClient, body: dict, out: list, work: int) -> None:
     t = time.perf_counter()
     try:
         status, _ = await client.post("/predict", body)
-    except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError):
+    except TRANSPORT_ERRORS:  # refused, reset, unreadable, or over the deadline (TimeoutError is an OSError)
         status = 0
     out.append((work, time.perf_counter() - t, status))
 
@@ -77,7 +77,7 @@ async def _bursts(url: str, seconds: int, size: int, mix: list[tuple[int, float]
     rng = np.random.default_rng(seed)
     works, probs = zip(*mix, strict=True)
     out: list = []
-    client = RawClient(url, timeout_s=60)
+    client = HttpClient(url, timeout_s=60)
     try:
         tasks = []
         start = time.perf_counter()
@@ -101,7 +101,7 @@ def bursts(url: str, seconds: int, size: int, mix: list[tuple[int, float]], seed
 async def _steady(url: str, rate: float, seconds: int, seed: int) -> list:
     rng = np.random.default_rng(seed)
     out: list = []
-    client = RawClient(url, timeout_s=60)
+    client = HttpClient(url, timeout_s=60)
     try:
         tasks = []
         start = time.perf_counter()
