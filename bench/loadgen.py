@@ -32,7 +32,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -208,6 +208,7 @@ class Row:
     speed_s: float
     note: str = ""
     startup_s: float | None = None  # CPU of the same command doing nothing (``--help``)
+    round: int = 0  # with --repeat: rows of one round are compared with that round's peer
 
     @property
     def ms_per_request(self) -> float:
@@ -307,8 +308,14 @@ def peer_server(honor_work: bool):
         proc.wait(10)
 
 
+def _peer_of(rows: list[Row], round_: int) -> Row | None:
+    """The round's aiohttp row, else its plain HttpClient row: what the generator is compared with."""
+    mine = [r for r in rows if r.round == round_]
+    return next((r for r in mine if "aiohttp" in r.name), None) or next((r for r in mine if "plain" in r.name), None)
+
+
 def print_table(rows: list[Row], args: argparse.Namespace) -> None:
-    peer = next((r for r in rows if "aiohttp" in r.name), None) or next((r for r in rows if "plain" in r.name), None)
+    peer = _peer_of(rows, 0)
     answers = "after each request's work ms" if args.server_work else "at once"
     print(f"\nCPU per request at {args.rate:g} req/s for {args.duration:g} s, mix {args.mix}, route compat, "
           f"peer server answering {answers}")  # fmt: skip
@@ -318,6 +325,7 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
+        peer = _peer_of(rows, r.round)
         ratio = f"{r.ms_per_request / peer.ms_per_request:.2f}x" if peer else "-"
         after = r.ms_per_request_after_startup
         cells = (r.name, f"{r.requests:,}", f"{r.ok:,}", f"{r.cpu_s:.2f}", f"{r.ms_per_request:.2f}", ratio,
@@ -331,15 +339,16 @@ def bench(args: argparse.Namespace) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="loadgen-") as tmp, peer_server(args.server_work) as url:
         work = Path(tmp)
         baseline = checkout(args.baseline, work) if args.baseline else None
-        for _ in range(args.repeat):
+        for n in range(args.repeat):
             if baseline is not None:
-                rows.append(loadtest_row(f"inferpool loadtest @{args.baseline}", baseline, url, args, work))
-            rows.append(loadtest_row("inferpool loadtest (this tree)", REPO, url, args, work))
+                row = loadtest_row(f"inferpool loadtest @{args.baseline}", baseline, url, args, work)
+                rows.append(replace(row, round=n))
+            rows.append(replace(loadtest_row("inferpool loadtest (this tree)", REPO, url, args, work), round=n))
             for kind in ("raw", "aiohttp"):
                 row = peer_row(kind, url, args, work)
                 if row is not None:
-                    rows.append(row)
-                elif kind == "aiohttp":
+                    rows.append(replace(row, round=n))
+                elif kind == "aiohttp" and n == 0:
                     print("aiohttp is not importable: no aiohttp row (see --aiohttp-path)", file=sys.stderr)
     return rows
 
