@@ -2,7 +2,8 @@
 
 Modules: ``config`` (flags, LoadtestConfig), ``profile`` (rates over time, arrival
 times), ``mix`` (simulated work per request), ``routes`` (what each route sends),
-``sampler`` (the monitoring status endpoint), ``runner`` (the generator),
+``sampler`` (the monitoring status endpoint), ``http`` (a lean keep-alive HTTP/1.1
+client, also the benchmarks'), ``runner`` (the generator),
 ``records`` (what is written, and its arithmetic), ``report`` (charts, HTML).
 """
 

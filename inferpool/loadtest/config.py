@@ -177,7 +177,7 @@ def add_loadtest_arguments(parser: argparse.ArgumentParser) -> None:
         "--timeout",
         type=_number(float, 0, inclusive=False),
         default=DEFAULT_TIMEOUT_S,
-        help="per request, s; a job's covers submit to result (default %(default)g)",
+        help="per request, s from its scheduled send time; a job's covers submit to result (default %(default)g)",
     )
     a("--rows", type=_number(int, 1), default=1, help="rows per request (default 1)")
     a(
