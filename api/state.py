@@ -140,5 +140,4 @@ def build_state(settings: Settings, aredis) -> ApiState:
     return state
 
 
-ONLINE_QUEUES = (keys.QUEUE_ONLINE, keys.QUEUE_WORK)
 JOB_QUEUES = (keys.QUEUE_BULK, keys.QUEUE_WORK)

@@ -161,9 +161,13 @@ def ensure_reference(model_dir: Path) -> tuple[Manifest, bool]:
     Returns (manifest, trained now).
     """
     try:
-        return read_manifest(model_dir), False
+        m = read_manifest(model_dir)
     except ModelError:
         return train_reference(model_dir), True
+    if m.estimator == "RandomForestClassifier" and not m.runtime.versions:
+        # Our own reference model from before compiled models existed: train it again, now compiled.
+        return train_reference(model_dir), True
+    return m, False
 
 
 def register_model(

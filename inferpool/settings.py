@@ -41,7 +41,8 @@ class Settings(BaseSettings):
     # message is on no queue and held by no worker (lost outright), and sends it again.
     redispatch_interval_s: float = 5.0
     result_ttl_s: int = 3600
-    task_sent_events: bool = False
+    # Task events (Flower's task list) from the work and bulk queues; micro-batches never send them.
+    task_events: bool = True
     job_chunk_rows: int = 4096
 
     # --- micro-batching (front end) ----------------------------------------
@@ -98,8 +99,10 @@ class Settings(BaseSettings):
     scaler_worker_prefix: str = "work"
     scaler_policy: Literal["erlang", "tutorial"] = "erlang"  # tutorial: the +-1 latency-step baseline
     scaler_actuator: Literal["celery", "process", "compose", "external"] = "celery"
-    # One worker's pool cap; beyond it the process actuator starts another worker on this host.
-    scaler_worker_max_procs: int = 4
+    # One worker's pool cap; beyond it the process actuator starts another worker on this host. By default
+    # the whole pool's maximum: on one host a bigger pool is cheaper than more workers, since every worker's
+    # main process spends CPU on each task it receives. More workers belong to more hosts or containers.
+    scaler_worker_max_procs: int | None = None
     scaler_compose_service: str = "worker"
     scaler_compose_file: str | None = None
     scaler_metrics_host: str = "127.0.0.1"
@@ -130,6 +133,11 @@ class Settings(BaseSettings):
                 f"INFERPOOL_TASK_TIME_LIMIT_S ({self.task_time_limit_s})"
             )
         return self
+
+    @property
+    def worker_max_procs(self) -> int:
+        """One work worker's pool cap (``INFERPOOL_SCALER_WORKER_MAX_PROCS``, else the whole pool's maximum)."""
+        return self.scaler_worker_max_procs or self.work_concurrency_max
 
 
 @lru_cache(maxsize=1)

@@ -59,7 +59,7 @@ def make_actuator(s: Settings) -> Any:
         return ExternalActuator()
     from workers.app import make_app
 
-    pool = PoolActuator(make_app(s).control, s.scaler_worker_max_procs)
+    pool = PoolActuator(make_app(s).control, s.worker_max_procs)
     if s.scaler_actuator == "process":
         return ProcessActuator(pool, socket.gethostname(), s.scaler_worker_prefix)
     return pool

@@ -130,3 +130,27 @@ def test_no_rows_in_flower_task_list_or_worker_inspection(stack, api, flower):
     tasks = httpx.get(f"{flower}/api/tasks", auth=auth, timeout=15).json()
     assert tasks[task_id]["args"] == "(rows=2, work_ms=3000)"
     assert all(t.get("args") is None or t["args"].startswith("(rows=") for t in tasks.values())
+
+
+def test_flower_lists_work_and_bulk_tasks_but_not_micro_batches(api, flower):
+    """Work and bulk tasks send one event each (their last) and show in Flower with name, sizes and outcome;
+    online micro-batches send none."""
+    auth = (USER, PASSWORD)
+    row = np.full(N_FEATURES, 0.25).tolist()
+    heavy = api.post("/v1/predict", json={"instances": [row], "work_ms": 20})
+    light = api.post("/v1/predict", json={"instances": [row]})
+    job = api.post("/v1/jobs", json={"instances": [row] * 3})
+    assert (heavy.status_code, light.status_code, job.status_code) == (200, 200, 202)
+    heavy_task, light_task = heavy.json()["job_id"].split(".")[0], light.json()["job_id"].split(".")[0]
+    chunk_task = keys.chunk_task_id(job.json()["job_id"], 0)
+
+    def listed() -> bool:
+        tasks = httpx.get(f"{flower}/api/tasks", auth=auth, timeout=15).json()
+        return all(tasks.get(t, {}).get("state") == "SUCCESS" for t in (heavy_task, chunk_task))
+
+    wait_until(listed, 15, "the work task and the job chunk in Flower as SUCCESS", every=0.5)
+    tasks = httpx.get(f"{flower}/api/tasks", auth=auth, timeout=15).json()
+    assert tasks[heavy_task]["name"] == "inferpool.predict"
+    assert tasks[heavy_task]["args"] == "(rows=1, work_ms=20)"
+    assert tasks[chunk_task]["args"] == "(rows=3, work_ms=0)"
+    assert light_task not in tasks

@@ -91,7 +91,7 @@ def celery_config(s: Settings) -> dict:
         "task_ignore_result": True,
         # Task events for Flower; the online task opts out (inferpool.publish says why). Producers push
         # messages themselves (inferpool.publish), so no task-sent event exists.
-        "worker_send_task_events": True,
+        "worker_send_task_events": s.task_events,
         "task_default_queue": keys.QUEUE_ONLINE,
         "task_create_missing_queues": True,
         "broker_connection_retry_on_startup": True,

@@ -52,6 +52,8 @@ def run_flower(port: int | None, address: str | None) -> int:
     argv = [
         sys.executable, "-m", "workers.flower", "-A", "workers.app:app", "flower",
         f"--port={port or s.flower_port}", f"--address={address or s.api_host}",
+        # Flower would otherwise switch task events back on in every worker, every few seconds.
+        f"--enable_events={s.task_events}",
     ]  # fmt: skip
     os.execve(argv[0], argv, env)
     return 0  # not reached

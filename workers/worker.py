@@ -13,7 +13,7 @@ def worker_argv(role: str, queues: list[str], concurrency: int, name: str | None
     return [
         sys.executable, "-m", "celery", "-A", "workers.app:app", "worker",
         "--pool", "prefork", "-c", str(concurrency), "-Q", ",".join(queues),
-        "-n", name or f"{role}@%h", "-E", "--without-gossip", "--without-mingle",
+        "-n", name or f"{role}@%h", "--without-gossip", "--without-mingle",
         "--loglevel", s.log_level,
     ]  # fmt: skip
 

@@ -12,7 +12,7 @@ from api.inputs import check_values, require_json
 from api.responses import OrjsonResponse
 from api.schemas import CompatRequest, CompatResponse, ErrorBody, PredictRequest, PredictResponse
 from api.security import api_key_header, caller
-from api.state import ONLINE_QUEUES, ApiState
+from api.state import ApiState
 from inferpool import keys, metrics
 from inferpool.errors import InputError, Overloaded, ResultTimeout
 from inferpool.model_store import Manifest
@@ -54,40 +54,25 @@ async def _predict_rows(st: ApiState, X: np.ndarray, work_ms: int, route: str) -
     s = st.settings
     if work_ms > s.max_work_ms:
         raise InputError("work_ms", f"at most {s.max_work_ms} ms")
+    # Light rows ride a micro-batch. A request carrying simulated work is one task on the work queue that
+    # predicts its rows (microseconds, compiled) and then holds a work process for work_ms: one task for the
+    # request instead of a work task plus a share of a batch, and no light request waits behind its work
+    # (nor is it refused for a backlog of work: each request is admitted by the queue it goes to).
+    queue = keys.QUEUE_WORK if work_ms else keys.QUEUE_ONLINE
     try:
-        await st.admit(ONLINE_QUEUES, s.predict_max_wait_s)
+        await st.admit((queue,), s.predict_max_wait_s)
     except Overloaded as exc:
         metrics.REQUESTS_SHED.labels(route=route, reason="wait").inc()
         raise exc
     metrics.JOBS_ACCEPTED.labels(route=route).inc()
-    # The model call of every request rides a micro-batch; a request's simulated work is a task of its
-    # own on the work queue that holds one work process for work_ms, so no light request waits behind it.
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + s.predict_timeout_s
-    # The row joins a batch before the work task is published: a burst of heavy requests must not
-    # hold back the model call of the light ones.
-    entry = st.batcher.submit(X) if X.shape[0] <= s.batch_max_rows else None
-    work = await st.dispatcher.publish_rows(None, work_ms, keys.QUEUE_WORK, reqs=0) if work_ms else None
-    try:
-        if entry is None:
-            preds, job_id, version = await _own_task(st, X)
-        else:
-            preds, job_id, version = await _batched(st, entry)
-        if work is not None:
-            try:
-                reply = await asyncio.wait_for(work[1], max(0.05, deadline - loop.time()))
-            except TimeoutError:
-                raise ResultTimeout(job_id, s.predict_timeout_s) from None
-            if reply.error:
-                raise RuntimeError(reply.error)
-    finally:
-        if work is not None and not work[1].done():
-            st.dispatcher.forget(work[0])
-    return preds, job_id, version
+    if work_ms or X.shape[0] > s.batch_max_rows:
+        return await _own_task(st, X, work_ms, queue)
+    return await _batched(st, st.batcher.submit(X))
 
 
-async def _own_task(st: ApiState, X: np.ndarray) -> tuple[np.ndarray, str, str]:
-    task_id, fut = await st.dispatcher.publish_rows(X, 0, keys.QUEUE_ONLINE, reqs=1)
+async def _own_task(st: ApiState, X: np.ndarray, work_ms: int, queue: str) -> tuple[np.ndarray, str, str]:
+    task_id, fut = await st.dispatcher.publish_rows(X, work_ms, queue, reqs=1)
+    # Its simulated work counts against the timeout too: a caller waits for the whole answer.
     try:
         reply = await asyncio.wait_for(fut, st.settings.predict_timeout_s)
     except TimeoutError:
