@@ -19,7 +19,7 @@ from inferpool.loadtest.config import Features, Route
 from inferpool.loadtest.http import Response
 from inferpool.loadtest.mix import parse_mix
 from inferpool.loadtest.profile import Arrivals, ProfileKind, build_profile, parse_profile
-from inferpool.loadtest.records import RequestRecord
+from inferpool.loadtest.records import RequestRecord, summarize_phases
 from inferpool.loadtest.routes import N_FEATURES, Payloads
 from inferpool.loadtest.runner import phase_names
 from inferpool.loadtest.sampler import StatusSampler, parse_status
@@ -325,3 +325,21 @@ def test_done_time_counts_from_the_schedule() -> None:
     r = RequestRecord(0, scheduled_s=1.0, sent_s=1.5, latency_s=0.75, status="200", work_ms=0, phase="a")
     assert r.done_s == 1.75  # latency runs from the scheduled time, send lag included
     assert RequestRecord(1, 2.0, None, None, "dropped", 0, "a").done_s is None
+
+
+def test_phase_summary_counts_whole_phases_and_times_them_after_they_settle():
+    def rec(i: int, t: float, lat: float, status: str, work: int, phase: str) -> RequestRecord:
+        return RequestRecord(i, t, t, lat, status, work, phase)
+
+    records = [
+        rec(0, 0.5, 2.0, "200", 0, "before"),  # slow, but inside the phase's first 5 s
+        rec(1, 6.0, 0.010, "200", 0, "before"),
+        rec(2, 7.0, 0.210, "200", 200, "before"),
+        rec(3, 10.0, 0.020, "429", 0, "step"),
+        rec(4, 16.0, 0.030, "200", 0, "step"),
+    ]
+    before, step = summarize_phases(records)
+    assert (before["phase"], before["requests"], before["errors"]) == ("before", 3, 0)
+    assert before["settled_latency_s"]["count"] == 2 and before["settled_latency_s"]["max"] == 0.210
+    assert before["settled_latency_work0_s"]["max"] == 0.010
+    assert (step["phase"], step["start_s"], step["errors"], step["settled_latency_s"]["count"]) == ("step", 10.0, 1, 1)

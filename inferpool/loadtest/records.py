@@ -221,7 +221,37 @@ def summarize(records: Sequence[RequestRecord], load_duration_s: float) -> dict[
         "latency_work0_s": _latency_block(lat0),
         "send_lag_s": {"p99": percentiles(lags)[2], "max": max(lags) if lags else None},
         "accounting": {"sent": sent, "ok_errors_timeouts": answered, "balanced": sent == answered},
+        "phases": summarize_phases(records),
     }
+
+
+# A phase's first seconds show how the system meets a change of load; its steady figures start after them.
+PHASE_SETTLE_S = 5.0
+
+
+def summarize_phases(records: Sequence[RequestRecord], settle_s: float = PHASE_SETTLE_S) -> list[dict[str, Any]]:
+    """Per phase, in order: counts over the whole phase and latency percentiles after its first ``settle_s``."""
+    by_phase: dict[str, list[RequestRecord]] = {}
+    for r in records:
+        by_phase.setdefault(r.phase, []).append(r)
+    out = []
+    for name, rs in by_phase.items():
+        start = min(r.scheduled_s for r in rs)
+        kinds = Counter(outcome(r.status) for r in rs)
+        settled = [r for r in rs if outcome(r.status) is Outcome.OK and r.scheduled_s >= start + settle_s]
+        out.append(
+            {
+                "phase": name,
+                "start_s": start,
+                "requests": len(rs),
+                "errors": kinds[Outcome.ERROR],
+                "timeouts": kinds[Outcome.TIMEOUT],
+                "dropped": kinds[Outcome.DROPPED],
+                "settled_latency_s": _latency_block([r.latency_s or 0.0 for r in settled]),
+                "settled_latency_work0_s": _latency_block([r.latency_s or 0.0 for r in settled if r.work_ms == 0]),
+            }
+        )
+    return sorted(out, key=lambda p: p["start_s"])
 
 
 def _cell(v: Any) -> Any:

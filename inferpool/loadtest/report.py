@@ -284,7 +284,19 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         ("sent = ok + errors + timeouts", "yes" if acct.get("balanced") else "NO"),
         ("stopped early", "yes" if s.get("stopped_early") else "no"),
         ("scaler decisions seen", _fmt(s.get("scaler_decisions"))),
+        *(_phase_row(ph) for ph in s.get("phases", [])),
     ]
+
+
+def _phase_row(ph: dict[str, Any]) -> tuple[str, str]:
+    """One phase: its counts, and p50/p99 (all, work=0) after its first seconds."""
+    lat, lat0 = ph["settled_latency_s"], ph["settled_latency_work0_s"]
+    return (
+        f"phase {ph['phase']} (from {ph['start_s']:.0f} s)",
+        f"{ph['requests']:,} requests, {ph['errors']} errors, {ph['timeouts']} timeouts, {ph['dropped']} dropped; "
+        f"after 5 s p50/p99 {_fmt(lat.get('p50'), 1000.0, ' ms')} / {_fmt(lat.get('p99'), 1000.0, ' ms')}, "
+        f"work=0 p99 {_fmt(lat0.get('p99'), 1000.0, ' ms')}",
+    )
 
 
 def render_html(data: RunData, images: list[str]) -> str:
