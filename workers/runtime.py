@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,10 +29,18 @@ class Runtime:
 _runtime: Runtime | None = None
 
 
+_loading = threading.Lock()
+
+
 def get_runtime() -> Runtime:
-    """The process's runtime, loading the model on first use (prefork children load it at init)."""
+    """The process's runtime, loading the model on first use (prefork children load it at init; a threads
+    pool's threads share one, and one onnxruntime session serves concurrent calls)."""
     global _runtime
-    if _runtime is None:
+    if _runtime is not None:
+        return _runtime
+    with _loading:
+        if _runtime is not None:
+            return _runtime
         s = get_settings()
         model, manifest = load_model(s.model_dir, runtime=s.model_runtime)
         served = served_runtime(manifest.runtime, s.model_runtime)
