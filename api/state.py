@@ -18,6 +18,9 @@ from inferpool.settings import Settings
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_MAX_AGE_S = 0.25
+# Serving processes and service times change slowly; reading them (a hash per worker, 50 samples per queue)
+# with every queue snapshot was ~4 % of the API's CPU under load.
+CAPACITY_MAX_AGE_S = 1.0
 # Recent task run times read per queue to estimate its service time.
 SERVICE_SAMPLES = 50
 
@@ -52,6 +55,7 @@ class ApiState:
     _manifest: Manifest | None = None
     _snapshot: queues.Snapshot | None = None
     _capacity: Capacity = field(default_factory=lambda: Capacity({}, {}))
+    _capacity_at: float = 0.0
     _snapshot_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def manifest(self) -> Manifest:
@@ -74,7 +78,8 @@ class ApiState:
             if snap is None or time.time() - snap.taken_at >= SNAPSHOT_MAX_AGE_S:
                 try:
                     snap = await queues.asnapshot(self.redis)
-                    self._capacity = await self._read_capacity()
+                    if snap.taken_at - self._capacity_at >= CAPACITY_MAX_AGE_S:
+                        self._capacity, self._capacity_at = await self._read_capacity(), snap.taken_at
                 except Exception as exc:
                     raise BrokerUnavailable(f"cannot reach Redis: {type(exc).__name__}") from exc
                 self._snapshot = snap

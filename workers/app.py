@@ -53,6 +53,25 @@ def _connparams_or_gone(self, asynchronous: bool = False) -> dict:
 
 kombu_redis.Channel._connparams = _connparams_or_gone
 
+_kombu_create_client = kombu_redis.Channel._create_client
+
+
+def _create_client_once(self, asynchronous: bool = False):
+    """kombu 5.x builds a new ``redis.Redis`` for each ack and each unacked-bookkeeping step (two per task),
+    and redis-py 8's constructor fills a table of several hundred response callbacks every time: 15-20 % of
+    a worker main process's CPU under load (py-spy). One client per channel and connection pool sends the
+    same commands over the same pool; a new pool (after a reconnect) gets a new client."""
+    if asynchronous:
+        return _kombu_create_client(self, asynchronous)
+    pool = self.pool
+    client = self.__dict__.get("_inferpool_client")
+    if client is None or client.connection_pool is not pool:
+        client = self.__dict__["_inferpool_client"] = _kombu_create_client(self, False)
+    return client
+
+
+kombu_redis.Channel._create_client = _create_client_once
+
 
 def tls_options(url: str) -> dict:
     """``rediss://`` checks the server's certificate unless the URL itself says how (``?ssl_cert_reqs=...``).
