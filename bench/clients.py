@@ -1,4 +1,4 @@
-"""Load clients for the benchmarks: wrk for peak throughput, a lean asyncio client for timed workloads.
+"""Load clients for the benchmarks: wrk for peak throughput, a lean open-loop asyncio client for timed workloads.
 
 Both systems are measured with the same clients in the same run; the clients are chosen to cost
 little CPU, since they share the machine's 2 cores with the system under test.
@@ -16,8 +16,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import orjson
 
-from inferpool.loadtest.http import TRANSPORT_ERRORS, HttpClient
+from inferpool.loadtest.http import JSON, TRANSPORT_ERRORS, HttpClient
 
 LUA = Path(__file__).with_name("predict.lua")
 _UNITS_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
@@ -54,69 +55,114 @@ def wrk(url: str, connections: int, seconds: int) -> WrkPoint:
 
 
 def peak(url: str, connections: tuple[int, ...], seconds: int, p99_max_s: float) -> tuple[WrkPoint | None, list]:
-    """The highest throughput whose p99 stays within bound and has no errors."""
-    points = [wrk(url, c, seconds) for c in connections]
+    """The highest throughput whose p99 stays within bound and has no errors, over rising connections.
+
+    Stops rising after the first point over the bound: more connections only queue longer.
+    """
+    points = []
+    for c in connections:
+        points.append(wrk(url, c, seconds))
+        if points[-1].p99_s > p99_max_s:
+            break
     ok = [p for p in points if p.p99_s <= p99_max_s and p.errors == 0]
     return (max(ok, key=lambda p: p.rps) if ok else None), points
 
 
-def _row(rng: np.random.Generator) -> list[float]:
-    return rng.normal(size=20).round(6).tolist()
+# --- open loop: requests leave on a schedule, whatever the server does ----------------------------------------
+
+# Outcome of a scheduled request besides its HTTP status.
+FAILED = 0  # refused, reset, unreadable answer
+TIMEOUT = -1  # no answer by the scheduled time + timeout
+DROPPED = -2  # never sent: the cap on requests in flight was reached
 
 
-async def _timed_post(client: HttpClient, body: dict, out: list, work: int) -> None:
-    t = time.perf_counter()
-    try:
-        status, _ = await client.post("/predict", body)
-    except TRANSPORT_ERRORS:  # refused, reset, unreadable, or over the deadline (TimeoutError is an OSError)
-        status = 0
-    out.append((work, time.perf_counter() - t, status))
+@dataclass(frozen=True)
+class Schedule:
+    """Send times (s from the start), the work of each request, and the request bodies, built beforehand."""
+
+    times: np.ndarray
+    works: np.ndarray
+    bodies: list[bytes]
 
 
-async def _bursts(url: str, seconds: int, size: int, mix: list[tuple[int, float]], seed: int) -> list:
-    rng = np.random.default_rng(seed)
+def poisson_times(phases: list[tuple[float, float]], rng: np.random.Generator) -> np.ndarray:
+    """Poisson arrivals through consecutive ``(rate, seconds)`` phases."""
+    out, t0 = [], 0.0
+    for rate, seconds in phases:
+        n = rng.poisson(rate * seconds)  # given n, arrivals of a Poisson process are uniform over the phase
+        out.append(t0 + np.sort(rng.uniform(0.0, seconds, n)))
+        t0 += seconds
+    return np.concatenate(out)
+
+
+def even_times(rate: float, seconds: float) -> np.ndarray:
+    return (np.arange(int(rate * seconds)) + 0.5) / rate
+
+
+def schedule(times: np.ndarray, mix: list[tuple[int, float]], rng: np.random.Generator) -> Schedule:
+    """One-row ``POST /predict`` bodies ``{"X": [20 floats], "work": ms}`` with work drawn from ``mix``."""
     works, probs = zip(*mix, strict=True)
-    out: list = []
-    client = HttpClient(url, timeout_s=60)
+    w = rng.choice(np.array(works), size=len(times), p=np.array(probs) / sum(probs))
+    X = rng.normal(size=(len(times), 20)).round(6)
+    bodies = [orjson.dumps({"X": row, "work": int(k)}) for row, k in zip(X.tolist(), w, strict=True)]
+    return Schedule(times, w, bodies)
+
+
+@dataclass
+class OpenLoopResult:
+    """Per scheduled request: its send time (s from the start), work, latency from the send time, outcome."""
+
+    times: np.ndarray
+    works: np.ndarray
+    latency_s: np.ndarray  # nan for dropped requests
+    status: np.ndarray  # HTTP status, or FAILED / TIMEOUT / DROPPED
+
+
+async def _open_loop(url: str, sch: Schedule, t0: float, timeout_s: float, max_in_flight: int) -> OpenLoopResult:
+    loop = asyncio.get_running_loop()  # its clock is time.monotonic(), so t0 is on it
+    n = len(sch.times)
+    latency, status = np.full(n, np.nan), np.zeros(n, dtype=np.int64)
+    client = HttpClient(url, timeout_s=None)
+    requests = [client.prepare("POST", "/predict", b, content_type=JSON) for b in sch.bodies]
+    pending: set[asyncio.Task] = set()
+
+    async def one(i: int, due: float) -> None:
+        try:
+            status[i] = (await client.send(requests[i], due + timeout_s)).status
+        except TimeoutError:
+            status[i] = TIMEOUT
+        except TRANSPORT_ERRORS:
+            status[i] = FAILED
+        latency[i] = loop.time() - due
+
     try:
-        tasks = []
-        start = time.perf_counter()
-        for i in range(seconds):
-            # Bursts leave on the clock, not after the previous one finished: a slow server gets the same load.
-            await asyncio.sleep(max(0.0, start + i - time.perf_counter()))
-            for w in rng.choice(works, size=size, p=probs):
-                body = {"X": _row(rng), "work": int(w)}
-                tasks.append(asyncio.create_task(_timed_post(client, body, out, int(w))))
-        await asyncio.gather(*tasks)
+        for i, t in enumerate(sch.times.tolist()):
+            due = t0 + t
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if len(pending) >= max_in_flight:
+                status[i] = DROPPED
+                continue
+            task = loop.create_task(one(i, due))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        while pending:
+            await asyncio.wait(list(pending))
     finally:
         await client.close()
-    return out
+    return OpenLoopResult(sch.times, sch.works, latency, status)
 
 
-def bursts(url: str, seconds: int, size: int, mix: list[tuple[int, float]], seed: int = 1) -> list:
-    """Every second, ``size`` concurrent requests with work drawn from ``mix``: [(work, latency_s, status)]."""
-    return asyncio.run(_bursts(url, seconds, size, mix, seed))
+def open_loop(
+    url: str, sch: Schedule, t0: float | None = None, timeout_s: float = 10.0, max_in_flight: int = 256
+) -> OpenLoopResult:
+    """Send ``sch`` on its clock from monotonic time ``t0`` (default: now), one asyncio task per request.
 
-
-async def _steady(url: str, rate: float, seconds: int, seed: int) -> list:
-    rng = np.random.default_rng(seed)
-    out: list = []
-    client = HttpClient(url, timeout_s=60)
-    try:
-        tasks = []
-        start = time.perf_counter()
-        for i in range(int(rate * seconds)):
-            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
-            tasks.append(asyncio.create_task(_timed_post(client, {"X": _row(rng), "work": 0}, out, 0)))
-        await asyncio.gather(*tasks)
-    finally:
-        await client.close()
-    return out
-
-
-def steady(url: str, rate: float, seconds: int, seed: int = 2) -> list:
-    """Evenly spaced light requests at ``rate`` per second (open loop)."""
-    return asyncio.run(_steady(url, rate, seconds, seed))
+    Latency runs from the scheduled send time, so a client or server falling behind shows in it.
+    """
+    start = time.monotonic() + 0.05 if t0 is None else t0
+    return asyncio.run(_open_loop(url, sch, start, timeout_s, max_in_flight))
 
 
 def bulk_job(url: str, X: np.ndarray, as_json: bool = False) -> tuple[float, list[int]]:

@@ -1,4 +1,4 @@
-"""Starting the systems a benchmark measures: inferpool through `inferpool up`, and the reference server."""
+"""Starting the systems a benchmark measures: inferpool through `inferpool up`, and the reference servers."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -41,9 +42,27 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+@dataclass(frozen=True)
+class System:
+    """A running system under test: its base URL and the pid at the root of its process tree."""
+
+    name: str
+    url: str
+    pid: int
+
+
+def _flower_ready(port: str, proc: subprocess.Popen, log: Path) -> None:
+    # /healthcheck is open even behind basic auth; answering it means Flower is up and serving.
+    _wait(f"http://127.0.0.1:{port}/healthcheck", proc, log)
+
+
 @contextmanager
-def inferpool_stack(var_dir: Path, model_dir: Path, scaler: bool = False, **env: str):
-    """`inferpool up` on free ports with a private Redis; yields the API base URL."""
+def inferpool_system(var_dir: Path, model_dir: Path, scaler: bool = False, flower: bool = False, **env: str):
+    """`inferpool up` on free ports with a private Redis; yields a System whose pid is `inferpool up`'s.
+
+    With ``flower`` it starts Flower as a user's `inferpool up` does (credentials generated when
+    INFERPOOL_FLOWER_USER/PASSWORD are unset) and waits until Flower answers too.
+    """
     port = free_port()
     var_dir.mkdir(parents=True, exist_ok=True)
     child_env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
@@ -55,7 +74,9 @@ def inferpool_stack(var_dir: Path, model_dir: Path, scaler: bool = False, **env:
         INFERPOOL_SCALER_METRICS_PORT=str(free_port()),
         **env,
     )
-    argv = [sys.executable, "-m", "inferpool.cli", "up", "--no-flower", "--var-dir", str(var_dir)]
+    argv = [sys.executable, "-m", "inferpool.cli", "up", "--var-dir", str(var_dir)]
+    if not flower:
+        argv.append("--no-flower")
     if not scaler:
         argv.append("--no-scaler")
     log = var_dir / "up.log"
@@ -63,20 +84,33 @@ def inferpool_stack(var_dir: Path, model_dir: Path, scaler: bool = False, **env:
     url = f"http://127.0.0.1:{port}"
     try:
         _wait(f"{url}/readyz", proc, log)
-        yield url
+        if flower:
+            _flower_ready(child_env["INFERPOOL_FLOWER_PORT"], proc, log)
+        yield System("inferpool", url, proc.pid)
     finally:
         _stop(proc)
 
 
 @contextmanager
-def reference_server(model_dir: Path, log_dir: Path):
+def inferpool_stack(var_dir: Path, model_dir: Path, scaler: bool = False, **env: str):
+    """`inferpool up` without Flower; yields the API base URL."""
+    with inferpool_system(var_dir, model_dir, scaler=scaler, **env) as system:
+        yield system.url
+
+
+@contextmanager
+def reference_server(model_dir: Path, log_dir: Path, runtime: str = "sklearn"):
+    """`python -m bench.reference_server --runtime RUNTIME`: one process; yields a System."""
     port = free_port()
-    log = log_dir / "reference.log"
-    argv = [sys.executable, "-m", "bench.reference_server", "--port", str(port), "--model-dir", str(model_dir)]
+    log = log_dir / f"reference-{runtime}.log"
+    argv = [
+        sys.executable, "-m", "bench.reference_server", "--port", str(port), "--model-dir", str(model_dir),
+        "--runtime", runtime,
+    ]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait(f"{url}/healthz", proc, log)
-        yield url
+        yield System(f"{runtime} server", url, proc.pid)
     finally:
         _stop(proc)
