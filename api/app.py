@@ -18,6 +18,7 @@ from inferpool import metrics, telemetry
 from inferpool.compiled import served_runtime
 from inferpool.redis_client import async_client
 from inferpool.settings import Settings, get_settings
+from inferpool.versions import warn_untested_versions
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class RequestMetrics:
 def create_app(settings: Settings | None = None) -> FastAPI:
     s = settings or get_settings()
     telemetry.setup_logging("api", s)
+    warn_untested_versions()
     metrics.init_api_series()
 
     @asynccontextmanager

@@ -20,11 +20,12 @@ import ssl
 from urllib.parse import parse_qs, urlsplit
 
 import redis
-from celery import Celery
+from celery import Celery, signals
 from kombu.transport import redis as kombu_redis
 
 from inferpool import keys
 from inferpool.settings import Settings, get_settings
+from inferpool.versions import warn_untested_versions
 
 TASK_SOFT_LIMIT_MARGIN_S = 2
 UNACKED_MUTEX_EXPIRE_S = 10
@@ -155,3 +156,4 @@ def make_app(s: Settings | None = None) -> Celery:
 
 
 app = make_app()
+signals.celeryd_after_setup.connect(warn_untested_versions, weak=False)  # once the worker's logging is set up
