@@ -156,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--run", nargs=argparse.REMAINDER, help="run this command once the system is up, then stop")
     u.set_defaults(fn=cmd_up)
 
+    from inferpool.health import add_health_command  # light: the key layout only
+
+    add_health_command(sub)
+
     args = sys.argv[1:] if argv is None else argv
     # Only the named command's module is imported: the rest cost every process ~0.3 s of CPU at start.
     _optional_commands(sub, args[0] if args and not args[0].startswith("-") else None)

@@ -11,6 +11,8 @@ import pytest
 import yaml
 
 from inferpool.processes import PROCESSES
+from inferpool.settings import Settings
+from workers.worker import worker_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,11 +47,64 @@ def test_compose_runs_the_same_commands_as_up():
     assert flower_env["INFERPOOL_FLOWER_PASSWORD"].startswith("${INFERPOOL_FLOWER_PASSWORD:?")
 
 
+def compose_services() -> dict[str, dict]:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    return {name: svc for name, svc in services.items() if not name.startswith("x-")}
+
+
+def seconds(duration: str) -> float:
+    value, unit = float(duration[:-1]), duration[-1]
+    return value * {"s": 1, "m": 60}[unit]
+
+
+def test_compose_long_running_services_have_healthchecks():
+    services = compose_services()
+    one_shot = {name for name, svc in services.items() if svc.get("restart") == "no"}
+    assert one_shot == {"model"}
+    for name, svc in services.items():
+        if name not in one_shot:
+            assert svc.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+    # Workers are checked by their heartbeat under the node name `inferpool worker` gives them (role@%h).
+    for name, role in (("worker", "work"), ("worker_online", "online")):
+        argv = worker_argv(role, ["q"], 1, None)
+        assert argv[argv.index("-n") + 1] == f"{role}@%h"
+        assert services[name]["healthcheck"]["test"] == [
+            "CMD-SHELL",
+            f"inferpool health worker --node {role}@$$HOSTNAME",
+        ]
+    assert services["scaler"]["healthcheck"]["test"] == ["CMD", "inferpool", "health", "scaler"]
+    assert "/healthcheck" in " ".join(services["flower"]["healthcheck"]["test"])
+    assert "/healthz" in " ".join(services["api"]["healthcheck"]["test"])
+
+
+def test_compose_workers_outlast_the_task_time_limit_on_stop():
+    limit_s = Settings.model_fields["task_time_limit_s"].default
+    for name in ("worker", "worker_online"):
+        assert seconds(compose_services()[name]["stop_grace_period"]) > limit_s, name
+
+
+def test_compose_models_read_only_except_the_trainer():
+    for name, svc in compose_services().items():
+        for mount in svc.get("volumes", []):
+            if mount.split(":")[1] == "/models":
+                assert mount.endswith(":ro") == (name != "model"), (name, mount)
+
+
+def test_compose_scaler_uses_an_actuator_the_image_can_run():
+    """The image has no docker CLI and no socket: the scaler resizes pools over Redis (celery actuator)."""
+    scaler_env = compose_services()["scaler"]["environment"]
+    assert scaler_env["INFERPOOL_SCALER_ACTUATOR"] == "celery"
+    assert "INFERPOOL_SCALER_COMPOSE_SERVICE" not in (ROOT / "docker-compose.yml").read_text()
+
+
 def test_dockerfile_installs_every_package_it_runs():
     text = (ROOT / "Dockerfile").read_text()
     for pkg in ("inferpool", "api", "workers", "scaler"):
         assert f"COPY {pkg} ./{pkg}" in text
     assert "USER inferpool" in text  # not root
+    # The locked server set, hashes checked, then inferpool without resolving again.
+    assert "pip install --require-hashes -r requirements-server.lock" in text
+    assert "pip install --no-deps ." in text
 
 
 @pytest.mark.skipif(not shutil.which("docker-compose"), reason="no docker-compose client (make tools installs it)")
