@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from inferpool.extras import MissingExtra
 
 if TYPE_CHECKING:
     from inferpool.model_store import Manifest
@@ -113,6 +116,7 @@ def cmd_up(ns: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="inferpool", description="Queue-based batch inference on Celery and Redis.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     t = sub.add_parser("train", help="train the reference model into the model directory")
@@ -161,63 +165,81 @@ def main(argv: list[str] | None = None) -> int:
     add_health_command(sub)
 
     args = sys.argv[1:] if argv is None else argv
-    # Only the named command's module is imported: the rest cost every process ~0.3 s of CPU at start.
-    _optional_commands(sub, args[0] if args and not args[0].startswith("-") else None)
-    ns = p.parse_args(argv)
-    return ns.fn(ns) or 0
+    try:
+        # Only the named command's module is imported: the rest cost every process ~0.3 s of CPU at start.
+        # `inferpool` alone or --help needs them all; --version none.
+        first = args[0] if args else None
+        _optional_commands(sub, None if first in (None, "-h", "--help") else first)
+        ns = p.parse_args(argv)
+        return ns.fn(ns) or 0
+    except MissingExtra as exc:
+        print(f"inferpool: {exc}", file=sys.stderr)
+        return 2
 
 
-def _loadtest(ns: argparse.Namespace, run, config_from_args) -> int:
-    from inferpool.loadtest import SpecError
+def _version() -> str:
+    try:
+        return metadata.version("inferpool")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed; pip install -e .)"
+
+
+def _loadtest(ns: argparse.Namespace) -> int:
+    from inferpool.loadtest import SpecError, config_from_args, run_loadtest
+    from inferpool.loadtest.thresholds import THRESHOLDS_MISSED_EXIT, check_run
 
     try:
         config = config_from_args(ns)
     except SpecError as exc:
         print(f"inferpool loadtest: {exc}", file=sys.stderr)
         return 2
-    run(config)
+    out = run_loadtest(config)
+    if not config.fail_on:
+        return 0
+    checks = check_run(out, config.fail_on)
+    for check in checks:
+        print(f"threshold {check.describe()}", file=sys.stderr)
+    missed = [c for c in checks if not c.passed]
+    if missed:
+        print(f"inferpool loadtest: {len(missed)} of {len(checks)} thresholds missed", file=sys.stderr)
+        return THRESHOLDS_MISSED_EXIT
+    return 0
+
+
+def _plot(ns: argparse.Namespace) -> int:
+    from inferpool.loadtest import plot
+
+    print(plot(Path(ns.results_dir)))
     return 0
 
 
 def _optional_commands(sub, wanted: str | None) -> None:
-    """Commands whose modules register their own flags: ``wanted`` alone, or all of them (for ``--help``)."""
+    """Commands whose modules register their own flags: ``wanted`` alone, or all of them (None).
+
+    An import that fails is an error, never a command missing from the list; a module that only an
+    extra installs is named with its extra (inferpool.extras) when the command runs.
+    """
     if wanted in (None, "loadtest", "plot"):
-        _loadtest_commands(sub)
-    if wanted in (None, "scaler"):
-        try:
-            from scaler.cli import add_scaler_command
-        except ImportError:
-            pass
-        else:
-            add_scaler_command(sub)
-    if wanted in (None, "status"):
-        try:
-            from inferpool.status_view import add_status_command
-        except ImportError:
-            pass
-        else:
-            add_status_command(sub)
-    if wanted in (None, "exporter"):
-        try:
-            from inferpool.exporter import add_exporter_command
-        except ImportError:
-            pass
-        else:
-            add_exporter_command(sub)
+        from inferpool.loadtest import add_loadtest_arguments, add_plot_arguments
 
-
-def _loadtest_commands(sub) -> None:
-    try:
-        from inferpool.loadtest import add_loadtest_arguments, add_plot_arguments, config_from_args, plot, run_loadtest
-    except ImportError:
-        pass
-    else:
         lt = sub.add_parser("loadtest", help="replay a workload against the API and record everything")
         add_loadtest_arguments(lt)
-        lt.set_defaults(fn=lambda ns: _loadtest(ns, run_loadtest, config_from_args))
+        lt.set_defaults(fn=_loadtest)
         pl = sub.add_parser("plot", help="draw charts and an HTML report from a load test's results")
         add_plot_arguments(pl)
-        pl.set_defaults(fn=lambda ns: (print(plot(Path(ns.results_dir))), 0)[1])
+        pl.set_defaults(fn=_plot)
+    if wanted in (None, "scaler"):
+        from scaler.cli import add_scaler_command
+
+        add_scaler_command(sub)
+    if wanted in (None, "status"):
+        from inferpool.status_view import add_status_command
+
+        add_status_command(sub)
+    if wanted in (None, "exporter"):
+        from inferpool.exporter import add_exporter_command
+
+        add_exporter_command(sub)
 
 
 if __name__ == "__main__":

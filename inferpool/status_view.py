@@ -24,6 +24,7 @@ import httpx
 import redis
 
 from inferpool import drift, keys, model_store, status
+from inferpool.client_auth import ApiKeyError, add_api_key_arguments, api_key_from
 from inferpool.compiled import served_runtime
 from inferpool.settings import Settings, get_settings
 
@@ -193,13 +194,15 @@ class Viewer:
         return "\n".join(lines)
 
 
-async def _run(ns: argparse.Namespace) -> int:
+async def _run(ns: argparse.Namespace, api_key: str | None) -> int:
     from inferpool.redis_client import async_client
 
     s = get_settings()
     url = ns.url.rstrip("/") if ns.url else None
     viewer = Viewer(s, url)
-    headers = {"X-API-Key": ns.api_key} if ns.api_key else {}
+    headers = {"X-API-Key": api_key} if api_key else {}
+    # Redraw in place on a terminal; elsewhere (a pipe, a log file) frames follow each other.
+    clear = CLEAR if not ns.frames and sys.stdout.isatty() else ""
     aclient = async_client(s.redis_url) if not url or ns.redis_too else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -209,7 +212,7 @@ async def _run(ns: argparse.Namespace) -> int:
         async with httpx.AsyncClient(timeout=2.0, headers=headers) as http:
             for i in range(ns.frames or sys.maxsize):
                 text = await viewer.frame(aclient, http)
-                sys.stdout.write(text + "\n" if ns.frames else CLEAR + text + "\n")
+                sys.stdout.write(clear + text + "\n")
                 sys.stdout.flush()
                 if stop.is_set() or (ns.frames and i + 1 >= ns.frames):
                     break
@@ -223,7 +226,12 @@ async def _run(ns: argparse.Namespace) -> int:
 
 def run_status(ns: argparse.Namespace) -> int:
     try:
-        return asyncio.run(_run(ns))
+        api_key = api_key_from(ns)
+    except ApiKeyError as exc:
+        print(f"inferpool status: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_run(ns, api_key))
     except (httpx.HTTPError, redis.RedisError, OSError) as exc:
         print(f"inferpool status: cannot read the system ({type(exc).__name__}: {exc})", file=sys.stderr)
         return 1
@@ -232,7 +240,7 @@ def run_status(ns: argparse.Namespace) -> int:
 def add_status_command(sub: Any) -> None:
     p = sub.add_parser("status", help="live terminal view: queues, waits, throughput, errors, workers, drift")
     p.add_argument("--url", help="read an API's /v1/monitoring views instead of Redis (REDIS_URL)")
-    p.add_argument("--api-key", help="X-API-Key for --url, when the API requires keys")
+    add_api_key_arguments(p)  # X-API-Key for --url, when the API requires keys
     p.add_argument("--redis-too", action="store_true", help="with --url, also read worker addresses from Redis")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between frames")
     p.add_argument("--frames", type=int, default=0, help="print this many frames, without clearing, then exit")

@@ -165,7 +165,8 @@ def test_bad_mix_flag_is_an_argparse_error_naming_the_rule(capsys: pytest.Captur
 # --- flags --------------------------------------------------------------------------------------------------------
 
 
-def test_flags_defaults_and_config() -> None:
+def test_flags_defaults_and_config(monkeypatch) -> None:
+    monkeypatch.setenv("INFERPOOL_API_KEY", "s3cret")  # never on argv (inferpool.client_auth)
     parser = argparse.ArgumentParser()
     add_loadtest_arguments(parser)
     config = config_from_args(parser.parse_args(["--url", "http://127.0.0.1:8000/"]))
@@ -175,9 +176,9 @@ def test_flags_defaults_and_config() -> None:
     assert config.arrivals is Arrivals.POISSON and config.max_in_flight == 512 and config.timeout_s == 10
     assert config.resolved_status_url == "http://127.0.0.1:8000/v1/monitoring/status"
     assert config.resolved_out_dir().parent == Path("results")
-    args = ["--url", "http://127.0.0.1:8000", "--profile", "spike:8", "--route", "jobs", "--api-key", "s3cret"]
+    args = ["--url", "http://127.0.0.1:8000", "--profile", "spike:8", "--route", "jobs"]
     config = config_from_args(parser.parse_args(args))
-    assert config.route is Route.JOBS and config.profile.factor == 8
+    assert config.route is Route.JOBS and config.profile.factor == 8 and config.api_key == "s3cret"
     assert "s3cret" not in repr(config) and "s3cret" not in json.dumps(config.describe())
 
 

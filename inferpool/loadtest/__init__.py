@@ -4,11 +4,13 @@ Modules: ``config`` (flags, LoadtestConfig), ``profile`` (rates over time, arriv
 times), ``mix`` (simulated work per request), ``routes`` (what each route sends),
 ``sampler`` (the monitoring status endpoint), ``http`` (a lean keep-alive HTTP/1.1
 client, also the benchmarks'), ``runner`` (the generator),
-``records`` (what is written, and its arithmetic), ``report`` (charts, HTML).
+``records`` (what is written, and its arithmetic), ``report`` (charts, HTML),
+``thresholds`` (``--fail-on``: pass/fail on the summary).
 """
 
 from pathlib import Path
 
+from inferpool.extras import needs_extra
 from inferpool.loadtest.config import LoadtestConfig, add_loadtest_arguments, add_plot_arguments, config_from_args
 from inferpool.loadtest.errors import SpecError
 from inferpool.loadtest.runner import run_loadtest
@@ -16,7 +18,8 @@ from inferpool.loadtest.runner import run_loadtest
 
 def plot(results_dir: Path) -> Path:
     """Draw the charts and report.html for a results directory; returns the report's path."""
-    from inferpool.loadtest.report import plot as draw  # matplotlib loads only when charts are drawn
+    with needs_extra("drawing charts"):
+        from inferpool.loadtest.report import plot as draw  # matplotlib loads only when charts are drawn
 
     return draw(results_dir)
 

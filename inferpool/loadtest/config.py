@@ -15,9 +15,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from inferpool.client_auth import ApiKeyError, add_api_key_arguments, api_key_from
+from inferpool.extras import require
 from inferpool.loadtest.errors import SpecError
 from inferpool.loadtest.mix import DEFAULT_MIX, Mix, parse_mix
 from inferpool.loadtest.profile import Arrivals, Profile, ProfileKind, ProfileSpec, build_profile, parse_profile
+from inferpool.loadtest.thresholds import Threshold, parse_thresholds
 
 DEFAULT_RATE_RPS = 30.0
 DEFAULT_MAX_IN_FLIGHT = 512
@@ -60,6 +63,7 @@ class LoadtestConfig:
     api_key: str | None = field(default=None, repr=False)
     status_url: str | None = None
     progress: bool = True
+    fail_on: tuple[Threshold, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
@@ -102,7 +106,15 @@ class LoadtestConfig:
             "seed": self.seed,
             "api_key_sent": self.api_key is not None,
             "status_url": self.resolved_status_url,
+            "fail_on": ",".join(str(t) for t in self.fail_on) or None,
         }
+
+
+def _api_key(ns: argparse.Namespace) -> str | None:
+    try:
+        return api_key_from(ns)
+    except ApiKeyError as exc:
+        raise SpecError(str(exc)) from None
 
 
 def _flag_type(parse: Callable[[str], T]) -> Callable[[str], T]:
@@ -189,7 +201,14 @@ def add_loadtest_arguments(parser: argparse.ArgumentParser) -> None:
     )
     a("--seed", type=int, default=None, help="seed for arrivals, mix and features")
     a("--plot", action="store_true", help="also draw charts and report.html at the end")
-    a("--api-key", default=None, help="sent as X-API-Key")
+    add_api_key_arguments(parser)
+    a(
+        "--fail-on",
+        type=_flag_type(parse_thresholds),
+        default=(),
+        help="thresholds as k6 has them, e.g. 'p99<300ms,errors<1%%' (p50/p95/p99 in ms or s; errors, timeouts, "
+        "dropped as a count or a %%): exit 99 when one is missed",
+    )
     a("--status-url", default=None, help="default <url>/v1/monitoring/status")
     a("--quiet", action="store_true", help="no progress line on stderr")
 
@@ -216,9 +235,12 @@ def config_from_args(ns: argparse.Namespace) -> LoadtestConfig:
         features=ns.features,
         seed=ns.seed,
         plot=ns.plot,
-        api_key=ns.api_key,
+        api_key=_api_key(ns),
         status_url=ns.status_url,
         progress=not ns.quiet,
+        fail_on=ns.fail_on,
     )
     config.build_profile()  # read and check a CSV profile now, before any request is sent
+    if config.plot:
+        require("matplotlib", "--plot")  # now, not after the run
     return config
