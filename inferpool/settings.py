@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     # Task events (Flower's task list) from the work and bulk queues; micro-batches never send them.
     task_events: bool = True
     job_chunk_rows: int = 4096
+    # A worker that cannot load its model consumes nothing and tries again this often (workers.serving).
+    model_retry_s: float = 5.0
 
     # --- micro-batching (front end) ----------------------------------------
     batch_max_rows: int = 256

@@ -18,6 +18,17 @@ async def live_workers(aclient) -> list[str]:
     return [n.decode() for n in names]
 
 
+async def ready_workers(aclient) -> list[str]:
+    """Live workers that can serve: a worker without a usable model beats with ``ready=0`` (workers.serving).
+    A heartbeat without the field comes from a worker that predates it, which served whatever it had."""
+    names = await live_workers(aclient)
+    pipe = aclient.pipeline(transaction=False)
+    for n in names:
+        pipe.hget(keys.worker(n), "ready")
+    flags = await pipe.execute() if names else []
+    return [n for n, ready in zip(names, flags, strict=True) if ready != b"0"]
+
+
 async def collect(aclient) -> dict:
     snap = await queues.asnapshot(aclient)
     names = await live_workers(aclient)
@@ -35,6 +46,8 @@ async def collect(aclient) -> dict:
                 "processes": int(h.get(b"processes", 0)),
                 "busy": int(h.get(b"busy", 0)),
                 "queues": h.get(b"queues", b"").decode().split(","),
+                "ready": h.get(b"ready") != b"0",
+                "reason": h.get(b"reason", b"").decode(),
             }
     scaler_h, decisions_raw, ledger_h = res[len(names) :]
     scaler = {"desired": None, "actual": None, "decisions": []}

@@ -1,7 +1,9 @@
-"""Worker heartbeats in Redis: pool size, busy processes and queues, every second.
+"""Worker heartbeats in Redis: pool size, busy processes, the queues it consumes and whether it can serve.
 
 Written by the worker's main process, which knows its pool and its active
 requests; the key expires so a vanished worker drops out of every view.
+A worker without a usable model (``workers.serving``) beats with ``ready=0``,
+its reason and no queues: readiness and capacity count it out.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from celery.worker import state as worker_state
 from inferpool import keys
 from inferpool.redis_client import sync_client
 from inferpool.settings import get_settings
+from workers.serving import gate
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +35,6 @@ def _beat(consumer: Any) -> None:
     s = get_settings()
     client = sync_client(s.redis_url)
     name = consumer.hostname
-    queues = ",".join(q.name for q in consumer.task_consumer.queues) if consumer.task_consumer else ""
     while not _stop.wait(HEARTBEAT_S):
         try:
             now = time.time()
@@ -42,7 +44,8 @@ def _beat(consumer: Any) -> None:
             pipe.hset(
                 keys.worker(name),
                 mapping={
-                    "processes": processes, "busy": len(worker_state.active_requests), "queues": queues,
+                    "processes": processes, "busy": len(worker_state.active_requests),
+                    "queues": ",".join(gate.serving()), "ready": int(gate.ready), "reason": gate.reason,
                     "pid": os.getpid(), "host": socket.gethostname(), "updated": now, **extra_fields,
                 },
             )  # fmt: skip

@@ -1,19 +1,25 @@
-"""What each worker process holds: the model (loaded once), its manifest and a Redis client."""
+"""What each worker process holds: the model (loaded once), its manifest and a Redis client.
+
+``check_model`` is the main process's look at the model before it consumes anything (see
+``workers.serving``); ``get_runtime`` is the pool process's load.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import redis
-from celery.signals import worker_init, worker_process_init
 
 from inferpool.compiled import RUNTIME_ONNX, served_runtime
+from inferpool.errors import ModelError, ModelIntegrityError
 from inferpool.model_store import Manifest, load_model, read_manifest
 from inferpool.redis_client import sync_client
-from inferpool.settings import get_settings
+from inferpool.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -52,25 +58,36 @@ def get_runtime() -> Runtime:
     return _runtime
 
 
-@worker_init.connect
-def _import_in_parent(**_: Any) -> None:
-    """Import what the model needs once, in the main process, before the pool forks: every process the
-    scaler grows later then only builds its session (milliseconds) instead of importing scikit-learn or
-    onnxruntime anew (0.7 s of CPU each, measured while the pool grew under load)."""
-    s = get_settings()
-    try:
-        if served_runtime(read_manifest(s.model_dir).runtime, s.model_runtime) == RUNTIME_ONNX:
-            import onnxruntime  # noqa: F401  (a session made here would be shared across fork: not that)
-        else:
-            load_model(s.model_dir)  # unpickling imports the estimator's modules; the object is dropped
-    except Exception:
-        logger.exception("could not preload the model's libraries; each process will load them itself")
+def check_model(s: Settings) -> Manifest:
+    """What the main process checks before it consumes: the served version's manifest, its file inside the
+    model directory, and that file's sha256. Raises :class:`ModelError` (or its integrity subclass).
+
+    It also imports what the model needs once, before the pool forks: every process the scaler grows later
+    then only builds its session (milliseconds) instead of importing scikit-learn or onnxruntime anew (0.7 s
+    of CPU each, measured while the pool grew under load). An onnxruntime session is not built here: one
+    made before the fork would be shared by the pool processes.
+    """
+    manifest = read_manifest(s.model_dir)
+    info = manifest.runtime
+    if served_runtime(info, s.model_runtime) == RUNTIME_ONNX and info.file:
+        _verify_file(s.model_dir, info.file, info.sha256)
+        import onnxruntime  # noqa: F401
+    else:
+        load_model(s.model_dir)  # checks the sha256, and unpickling imports the estimator's modules
+    return manifest
 
 
-@worker_process_init.connect
-def _load_in_child(**_: Any) -> None:
-    # A failed load here would kill the child in a loop; log and let the first task report it.
-    try:
-        get_runtime()
-    except Exception:
-        logger.exception("model failed to load in worker process")
+def _verify_file(model_dir: Path, name: str, recorded: str | None) -> None:
+    """The rule ``load_model`` applies: a file inside the model directory whose sha256 is the manifest's."""
+    root = model_dir.resolve()
+    path = (root / name).resolve()
+    if path.parent != root:
+        raise ModelIntegrityError(f"manifest points outside the model directory: {name}")
+    if not path.is_file():
+        raise ModelError(f"model file {path} is missing")
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    if h.hexdigest() != recorded:
+        raise ModelIntegrityError(f"{name}: sha256 does not match the manifest's; refusing to load")

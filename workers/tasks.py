@@ -22,13 +22,14 @@ import numpy as np
 import orjson
 import redis
 from celery.exceptions import Reject, SoftTimeLimitExceeded
-from celery.worker.request import Request
 
 from inferpool import codec, drift, keys, metrics
 from inferpool.publish import TASK_PREDICT, TASK_PREDICT_ONLINE
 from inferpool.settings import get_settings
 from workers.app import app, soft_time_limit_s
-from workers.runtime import get_runtime
+from workers.delivery import OneEventRequest, ServingRequest
+from workers.runtime import Runtime, get_runtime
+from workers.serving import CannotServe
 
 logger = logging.getLogger(__name__)
 
@@ -136,21 +137,6 @@ def _run(task: Any, spec: dict[str, Any]) -> None:
         raise Reject(f"results not written ({type(exc).__name__})", requeue=True) from exc
 
 
-class OneEventRequest(Request):
-    """Task events at a third of their cost: only the last one (succeeded, failed, retried, rejected,
-    revoked), carrying the name and sizes that ``task-received`` would have carried, so Flower still lists
-    the task with its outcome and run time. Each event is a synchronous PUBLISH from the worker's main
-    process and a JSON decode in Flower: three per task cost the work worker ~0.6 ms of its main process and
-    Flower ~1 ms per task at 36 tasks/s. The task itself says ``send_events=False`` so that Celery's consumer
-    sends no ``task-received``; this class sends the rest itself."""
-
-    def send_event(self, type: str, **fields: Any) -> None:
-        eventer = self._eventer
-        if type == "task-started" or eventer is None or not eventer.enabled:
-            return
-        eventer.send(type, uuid=self.id, name=self.name, args=self.argsrepr, kwargs=self.kwargsrepr, **fields)
-
-
 @app.task(name=TASK_PREDICT, bind=True, ignore_result=True, send_events=False, Request=OneEventRequest)
 def predict(self: Any, spec: dict[str, Any]) -> None:
     """Run the model on one message's rows; ``spec`` is built by ``api.dispatch`` or ``inferpool.publish``."""
@@ -158,7 +144,7 @@ def predict(self: Any, spec: dict[str, Any]) -> None:
 
 
 # Micro-batches send no task events at all: see inferpool.publish for the figures behind that choice.
-@app.task(name=TASK_PREDICT_ONLINE, bind=True, ignore_result=True, send_events=False)
+@app.task(name=TASK_PREDICT_ONLINE, bind=True, ignore_result=True, send_events=False, Request=ServingRequest)
 def predict_online(self: Any, spec: dict[str, Any]) -> None:
     """``predict`` for micro-batches of the online queue."""
     _run(self, spec)
@@ -190,7 +176,7 @@ def _predict(self: Any, spec: dict[str, Any]) -> None:
     patience = time.monotonic() + soft_time_limit_s(get_settings()) - SOFT_LIMIT_MARGIN_S
     enqueued = _enqueued_at(self.request) or started
     queue = spec.get("queue", "")
-    rt = get_runtime()
+    rt = _runtime_or_requeue()
     s = get_settings()
     job_id = spec.get("job")
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
@@ -242,6 +228,14 @@ def _predict(self: Any, spec: dict[str, Any]) -> None:
                 "queue_wait_s": wait_s, "run_s": run_s, "redelivered": redelivered,
             },
         )  # fmt: skip
+
+
+def _runtime_or_requeue() -> Runtime:
+    """This process's model, or its message goes back to the queue (and the worker stops consuming)."""
+    try:
+        return get_runtime()
+    except Exception as exc:
+        raise CannotServe(f"model unavailable: {type(exc).__name__}: {exc}") from exc
 
 
 def _patiently(fn: Callable[..., T], *args: Any, until: float) -> T:

@@ -29,13 +29,13 @@ async def healthz() -> dict:
 
 @router.get("/readyz", tags=["ops"], responses={503: {"model": ErrorBody}})
 async def readyz(request: Request) -> OrjsonResponse:
-    """Ready when Redis answers, a model exists and at least one worker is alive."""
+    """Ready when Redis answers, a model exists and at least one live worker can serve (has loaded its model)."""
     st = _state(request)
     checks: dict[str, object] = {}
     try:
         await st.redis.ping()
         checks["redis"] = "ok"
-        workers = await status.live_workers(st.redis)
+        workers = await status.ready_workers(st.redis)
         checks["workers"] = len(workers)
     except Exception as exc:
         checks["redis"] = f"unreachable ({type(exc).__name__})"

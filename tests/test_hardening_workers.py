@@ -1,0 +1,208 @@
+"""Issue 12, the worker side, on real processes: a worker serves only what it can, Redis refusing writes
+puts messages back, specs are checked in the task, and Redis must be fit for a queue.
+
+One stack for the module (a redis-server, a good worker serving every queue, the API); each test adds
+the worker or the Redis condition it is about, and leaves the stack as it found it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import redis
+
+from inferpool import keys
+from inferpool.local_redis import LocalRedis
+from tests.conftest import Stack, base_env
+from tests.support.jobs import wait_job
+from tests.support.waiting import wait_until
+
+N_FEATURES = 20
+GOOD = "good@hardening"
+# Short delivery limits, so that a message left unacked comes back within seconds.
+FAST = {
+    "INFERPOOL_VISIBILITY_TIMEOUT_S": "5",
+    "INFERPOOL_TASK_TIME_LIMIT_S": "4",
+    "INFERPOOL_MODEL_RETRY_S": "1",
+    "INFERPOOL_PREDICT_TIMEOUT_S": "5",
+}
+
+
+def rows(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, N_FEATURES))
+
+
+def ledger(client: redis.Redis) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in client.hgetall(keys.LEDGER).items()}
+
+
+def heartbeat(client: redis.Redis, node: str) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in client.hgetall(keys.worker(node)).items()}
+
+
+@pytest.fixture(scope="module")
+def hstack(tmp_path_factory, model_dir) -> Iterator[Stack]:
+    d = tmp_path_factory.mktemp("hardening")
+    (d / "metrics").mkdir()
+    srv = LocalRedis(d / "redis", aof=True).start()
+    st = Stack(redis=srv, env=base_env(srv.url, model_dir, d / "metrics", **FAST), tmp=d)
+    st.start_worker("all", concurrency=2, name=GOOD)
+    st.start_api()
+    yield st
+    st.stop()
+    srv.stop(kill=True)
+
+
+@pytest.fixture(scope="module")
+def hapi(hstack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=hstack.url, timeout=30) as c:
+        yield c
+
+
+# --- 1. a worker serves only what it can -------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    """What the issue's reproduction sent: 40 one-call predictions and 5 jobs of 5,000 rows."""
+
+    predict_status: list[int] = field(default_factory=list)
+    predict_s: list[float] = field(default_factory=list)
+    job_s: list[float] = field(default_factory=list)
+    job_status: list[str] = field(default_factory=list)
+    wrong: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"predict: {self.predict_status.count(200)}/{len(self.predict_status)} answered, "
+            f"{self.predict_status.count(504)} x 504, max {max(self.predict_s):.2f} s; "
+            f"jobs: {self.job_status.count('succeeded')}/{len(self.job_status)} succeeded, "
+            f"slowest {max(self.job_s):.2f} s; wrong predictions {self.wrong}"
+        )
+
+
+def send_load(url: str, model, seed: int) -> Load:
+    out = Load()
+    singles = rows(40, seed)
+    jobs = [rows(5000, seed + 1 + k) for k in range(5)]
+
+    def one(i: int) -> None:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            t0 = time.monotonic()
+            body = {"instances": singles[i : i + 1].tolist(), "work_ms": 20 if i % 4 == 0 else 0}
+            r = c.post("/v1/predict", json=body)
+            out.predict_s.append(time.monotonic() - t0)
+            out.predict_status.append(r.status_code)
+            if r.status_code == 200 and r.json()["predictions"] != model.predict(singles[i : i + 1]).tolist():
+                out.wrong += 1
+
+    def job(X: np.ndarray) -> None:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            t0 = time.monotonic()
+            r = c.post("/v1/jobs", json={"instances": X.tolist()})
+            assert r.status_code == 202, r.text
+            view = wait_job(c, r.json()["job_id"], timeout_s=60)
+            out.job_s.append(time.monotonic() - t0)
+            out.job_status.append(view["status"])
+            if view.get("predictions") != model.predict(X).tolist():
+                out.wrong += 1
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(job, X) for X in jobs] + [pool.submit(one, i) for i in range(40)]
+        for f in futures:
+            f.result()
+    return out
+
+
+def test_model_less_worker_takes_nothing_and_joins_once_its_model_loads(
+    hstack, hapi, reference_model, model_dir, tmp_path
+):
+    client = hstack.client
+    baseline = send_load(hstack.url, reference_model, seed=10)
+
+    empty = tmp_path / "no-model"
+    empty.mkdir()
+    node = "empty@hardening"
+    sick = hstack.start_worker("all", concurrency=2, name=node, INFERPOOL_MODEL_DIR=str(empty))
+    wait_until(lambda: heartbeat(client, node).get("ready") == "0", 10, "the model-less worker's heartbeat")
+    beat = heartbeat(client, node)
+    assert beat["queues"] == "" and "ModelError" in beat["reason"], beat
+    assert hapi.get("/readyz").json()["checks"]["workers"] == 1  # only the good worker counts
+
+    before = ledger(client)
+    with_sick = send_load(hstack.url, reference_model, seed=20)
+    print(f"\n  good worker alone:          {baseline.summary()}")
+    print(f"  beside a model-less worker: {with_sick.summary()}")
+    assert with_sick.predict_status == [200] * 40, with_sick.summary()
+    assert with_sick.job_status == ["succeeded"] * 5 and with_sick.wrong == 0, with_sick.summary()
+    after = ledger(client)
+    assert after.get("failed", 0) == before.get("failed", 0)
+    assert after.get("redelivered", 0) == before.get("redelivered", 0)  # it never took a message
+
+    # The model arrives: the worker checks it, adds its queues and counts as ready.
+    for f in model_dir.iterdir():
+        shutil.copy(f, empty / f.name)
+    wait_until(lambda: heartbeat(client, node).get("ready") == "1", 15, "the worker to load its model")
+    assert set(heartbeat(client, node)["queues"].split(",")) == set(keys.ALL_QUEUES)
+    wait_until(lambda: hapi.get("/readyz").json()["checks"]["workers"] == 2, 5, "readiness to count it")
+    sick.stop()
+
+
+def broken_model_dir(src: Path, dst: Path) -> Path:
+    """A copy of ``src`` whose compiled file is garbage with a matching sha256: the main process's check
+    (manifest, file, sha256) passes, and every pool process fails to build its session."""
+    shutil.copytree(src, dst)
+    version = (dst / "current").read_text().strip()
+    manifest_path = dst / f"{version}.json"
+    manifest = json.loads(manifest_path.read_text())
+    garbage = b"not an onnx model"
+    (dst / manifest["runtime"]["file"]).write_bytes(garbage)
+    manifest["runtime"]["sha256"] = hashlib.sha256(garbage).hexdigest()
+    manifest_path.write_text(json.dumps(manifest))
+    return dst
+
+
+def control(hstack: Stack):
+    from celery import Celery
+
+    return Celery(broker=hstack.redis.url).control
+
+
+def test_worker_whose_processes_cannot_load_puts_the_message_back_and_stops_consuming(
+    hstack, hapi, reference_model, model_dir, tmp_path
+):
+    client = hstack.client
+    node = "broken@hardening"
+    broken = hstack.start_worker(
+        "all", concurrency=1, name=node, INFERPOOL_MODEL_DIR=str(broken_model_dir(model_dir, tmp_path / "m"))
+    )
+    assert heartbeat(client, node).get("ready") == "1"  # its main process's check passed
+    # Only the broken worker consumes bulk now: the job's message must reach it.
+    ctl = control(hstack)
+    ctl.cancel_consumer(keys.QUEUE_BULK, destination=[GOOD], reply=True)
+    try:
+        before = ledger(client)
+        X = rows(300, seed=30)
+        job_id = hapi.post("/v1/jobs", json={"instances": X.tolist()}).json()["job_id"]
+        wait_until(lambda: heartbeat(client, node).get("ready") == "0", 15, "the broken worker to stop consuming")
+        beat = heartbeat(client, node)
+        assert beat["queues"] == "" and "model unavailable" in beat["reason"], beat
+        assert hapi.get(f"/v1/jobs/{job_id}").json()["status"] in ("queued", "running")  # not failed: back on its queue
+    finally:
+        ctl.add_consumer(keys.QUEUE_BULK, destination=[GOOD], reply=True)
+    view = wait_job(hapi, job_id, timeout_s=30)
+    assert view["status"] == "succeeded" and view["predictions"] == reference_model.predict(X).tolist()
+    after = ledger(client)
+    assert after.get("failed", 0) == before.get("failed", 0)
+    assert after.get("redelivered", 0) > before.get("redelivered", 0)  # the good worker ran the requeued copy
+    broken.stop()
