@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api import inputs
 from api.responses import OrjsonResponse
 from inferpool.errors import (
     AuthError,
@@ -41,7 +42,7 @@ def _field_of(loc: tuple) -> str:
     return ".".join(parts) or "body"
 
 
-async def _validation(_: Request, exc: RequestValidationError) -> OrjsonResponse:
+async def _validation(request: Request, exc: RequestValidationError) -> OrjsonResponse:
     errs = exc.errors()
     first = errs[0] if errs else {"loc": ("body",), "msg": "invalid request"}
     field = _field_of(tuple(first.get("loc", ())))
@@ -49,15 +50,17 @@ async def _validation(_: Request, exc: RequestValidationError) -> OrjsonResponse
     if first.get("type") == "json_invalid":
         return error_response(400, "malformed_body", f"body: not valid JSON ({msg})", field="body")
     details = [{"field": _field_of(tuple(e.get("loc", ()))), "message": e.get("msg", "")} for e in errs[:20]]
+    await inputs.record_refusal(request, (_field_of(tuple(e.get("loc", ()))) for e in errs))  # drift signal
     return error_response(422, "invalid_input", f"{field}: {msg}", field=field, details=details)
 
 
-async def _inferpool(_: Request, exc: InferpoolError) -> OrjsonResponse:
+async def _inferpool(request: Request, exc: InferpoolError) -> OrjsonResponse:
     if isinstance(exc, MalformedBody):
         return error_response(400, "malformed_body", str(exc), field=exc.field)
     if isinstance(exc, UnsupportedMediaType):
         return error_response(415, "unsupported_media_type", str(exc), field=exc.field)
     if isinstance(exc, InputError):
+        await inputs.record_refusal(request, [exc.field], getattr(exc, "cells", ()))  # drift signal
         return error_response(422, "invalid_input", str(exc), field=exc.field)
     if isinstance(exc, PayloadTooLarge):
         return error_response(413, "payload_too_large", str(exc))

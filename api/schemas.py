@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict
 
@@ -89,3 +89,96 @@ class ErrorBody(BaseModel):
     message: str
     field: str | None = None
     job_id: str | None = None
+
+
+# --- monitoring ---------------------------------------------------------------------------------
+# Documentation of the monitoring routes' bodies (inferpool.drift.report and inferpool.feedback build them).
+
+Level = Literal["none", "moderate", "major", "insufficient_data"]
+WindowStatus = Literal["stable", "drifted", "insufficient_data"]
+
+
+class DriftFeature(BaseModel):
+    index: int
+    importance: float = Field(description="Share of the model's permutation importance (sums to 1).")
+    important: bool = Field(description="Among the fewest features carrying drift_top_importance of it.")
+    impact: float = Field(description="importance x drift in units of the major threshold; the sort key.")
+    verdict: Level
+    kind: Literal["refused", "stuck", "mean_shift", "scale", "shape"] | None
+    psi: float | None
+    ks: float | None
+    p_chi2: float | None = Field(description="Chi-square p-value of the window's bin counts.")
+    p_ks: float | None = Field(description="KS p-value for the window's size.")
+    refused: int = Field(description="Rows of the window refused at the API for this feature.")
+    refused_share: float | None
+    mean: float | None
+    train_mean: float
+    mean_shift_std: float | None
+    std_ratio: float | None
+
+
+class DriftPredictions(BaseModel):
+    classes: list[str]
+    expected: list[float]
+    observed: list[float] | None
+    psi: float | None
+    p_value: float | None
+    verdict: Level
+    n: int
+    n_unknown: int
+
+
+class DriftThresholds(BaseModel):
+    psi_moderate: float
+    psi_major: float
+    alpha_moderate: float
+    alpha_major: float
+    min_samples: int
+    weighted_share: float
+    top_importance: float
+    refused_moderate: float
+    refused_major: float
+
+
+class DriftResponse(BaseModel):
+    status: WindowStatus
+    drifted: bool
+    reasons: list[str]
+    model_version: str
+    n_samples: int = Field(description="Predicted rows in the window.")
+    n_refused: int = Field(description="Refused rows in the window.")
+    min_samples: int
+    thresholds: DriftThresholds
+    importance_source: str | None
+    weighted_share: float | None
+    n_features: int
+    n_features_drifted: int
+    features: list[DriftFeature] = Field(description="Most impact first.")
+    predictions: DriftPredictions | None
+
+
+class LabelDelay(BaseModel):
+    p50: float | None
+    p95: float | None
+
+
+class ConceptVerdict(BaseModel):
+    status: WindowStatus
+    drifted: bool
+    n: int
+    correct: int
+    accuracy: float | None
+    training_score: float | None = Field(description="Held-out accuracy recorded at train/register time.")
+    drop: float | None
+    p_value: float | None
+    window: int
+    min_labels: int
+    reason: str | None
+
+
+class AccuracyResponse(BaseModel):
+    count: int
+    correct: int
+    accuracy: float | None
+    label_delay_s: LabelDelay
+    concept: ConceptVerdict

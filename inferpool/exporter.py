@@ -3,10 +3,11 @@
 API processes and workers export what they did themselves. What belongs to the
 whole cluster lives in Redis, and would double count if every process exported
 it: queue depth and oldest age, unacknowledged messages, redeliveries, workers
-(from their heartbeats), the job ledger and input drift. ``ClusterCollector``
-reads all of it on each scrape (the queue snapshot, then one MULTI/EXEC for the
-rest) and builds fresh metric families, so a worker that goes away simply stops
-appearing: no stale labelled series to clean up.
+(from their heartbeats), the job ledger, input drift and realised accuracy.
+``ClusterCollector`` reads all of it on each scrape (the queue snapshot, one
+MULTI/EXEC for the rest, and the drift report it shares with the drift route,
+``inferpool.drift.cache``) and builds fresh metric families, so a worker that
+goes away simply stops appearing: no stale labelled series to clean up.
 
 It runs in the scaler daemon (``start_cluster_exporter``, on
 ``INFERPOOL_SCALER_METRICS_PORT``) or alone as ``inferpool exporter``. The same
@@ -30,7 +31,9 @@ from typing import Any
 import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from inferpool import drift, keys, model_store, queues
+from inferpool import drift, feedback, keys, model_store, queues
+from inferpool.drift import cache as drift_cache
+from inferpool.drift.metrics import concept_families, drift_families
 from inferpool.errors import ModelError
 from inferpool.settings import Settings, get_settings
 from inferpool.telemetry import MetricsServer, serve
@@ -42,7 +45,6 @@ logger = logging.getLogger(__name__)
 # A worker whose heartbeat is older than keys.WORKER_STALE_S reads up=0; after this
 # long without one it leaves the per-worker series altogether.
 WORKER_GONE_S = 60.0
-VERDICTS = tuple(v.value for v in drift.Verdict)
 
 # KEYS[1]: the workers sorted set. ARGV[1]: oldest heartbeat kept, ARGV[2]: heartbeat hash prefix.
 # Returns name, last heartbeat, hash fields, ... for every worker seen since ARGV[1].
@@ -98,16 +100,21 @@ class ClusterCollector:
             self._manifest = None
         return self._manifest
 
-    def read(self) -> tuple[queues.Snapshot, dict[str, int], list[WorkerSeen], list[bytes], list[bytes]]:
+    def read(self) -> tuple[queues.Snapshot, dict[str, int], list[WorkerSeen], list[bytes]]:
+        """Queues, ledger, workers and the newest labelled predictions (drift is read by ``drift_report``)."""
         snap = queues.snapshot(self.client)
         pipe = self.client.pipeline(transaction=True)
         pipe.hgetall(keys.LEDGER)
         pipe.eval(_WORKERS_LUA, 1, keys.WORKERS, snap.taken_at - self.worker_gone_s, keys.worker(""))
-        pipe.lrange(keys.DRIFT_SAMPLES, 0, -1)
-        pipe.lrange(keys.DRIFT_CLASSES, 0, -1)
-        ledger_raw, workers_raw, rows_raw, classes_raw = pipe.execute()
+        pipe.lrange(keys.FEEDBACK, 0, self.settings.drift_accuracy_window - 1)
+        ledger_raw, workers_raw, feedback_raw = pipe.execute()
         ledger = {k.decode(): int(v) for k, v in ledger_raw.items()}
-        return snap, ledger, _decode_workers(workers_raw), rows_raw, classes_raw
+        return snap, ledger, _decode_workers(workers_raw), feedback_raw
+
+    def drift_report(self, manifest: model_store.Manifest) -> drift.DriftReport:
+        """The window's report, shared with the drift route for ``INFERPOOL_DRIFT_CACHE_S``."""
+        s = self.settings
+        return drift_cache.report(self.client, manifest, drift.policy_of(s), s.drift_cache_s)
 
     def targets(self) -> list[dict[str, Any]]:
         """Live workers' metrics endpoints, as Prometheus ``http_sd_configs`` expects them."""
@@ -126,7 +133,9 @@ class ClusterCollector:
         started = time.perf_counter()
         up = GaugeMetricFamily("inferpool_exporter_redis_up", "1 when the exporter could read Redis on this scrape")
         try:
-            snap, ledger, workers, rows_raw, classes_raw = self.read()
+            snap, ledger, workers, feedback_raw = self.read()
+            manifest = self._manifest_now()
+            report = self.drift_report(manifest) if manifest is not None and manifest.features else None
         except (redis.RedisError, OSError) as exc:
             logger.warning("exporter: cannot read Redis: %s", type(exc).__name__)
             up.add_metric([], 0)
@@ -137,7 +146,8 @@ class ClusterCollector:
         yield from self._queue_families(snap, ledger)
         yield from self._worker_families(workers, snap.taken_at)
         yield from self._ledger_families(ledger)
-        yield from self._drift_families(rows_raw, classes_raw)
+        yield from drift_families(report, self.settings)
+        yield from concept_families(feedback.decode_entries(feedback_raw), manifest, self.settings)
         took = GaugeMetricFamily(
             "inferpool_exporter_scrape_duration_seconds", "Time to read Redis and build this scrape"
         )
@@ -219,49 +229,6 @@ class ClusterCollector:
         )
         flight.add_metric([], ledger.get("accepted", 0) - ledger.get("succeeded", 0) - ledger.get("failed", 0))
         yield flight
-
-    def _drift_families(self, rows_raw: list[bytes], classes_raw: list[bytes]) -> Iterator[Metric]:
-        s = self.settings
-        samples = GaugeMetricFamily("inferpool_drift_window_samples", "Rows in the shared drift window")
-        psi = GaugeMetricFamily(
-            "inferpool_drift_feature_psi", "Population stability index per feature", labels=["feature"]
-        )
-        ks = GaugeMetricFamily(
-            "inferpool_drift_feature_ks", "Kolmogorov-Smirnov statistic per feature", labels=["feature"]
-        )
-        verdict = GaugeMetricFamily(
-            "inferpool_drift_feature_verdict", "1 for each feature's current verdict", labels=["feature", "verdict"]
-        )
-        n_bad = GaugeMetricFamily("inferpool_drift_features_drifted", "Features whose verdict is moderate or major")
-        dataset = GaugeMetricFamily("inferpool_drift_dataset_drifted", "1 when at least half the features drift")
-        classes = GaugeMetricFamily(
-            "inferpool_drift_predictions_psi", "PSI of the predicted-class mix against training"
-        )
-        thresholds = GaugeMetricFamily(
-            "inferpool_drift_psi_threshold", "PSI thresholds of the verdicts", labels=["level"]
-        )
-        thresholds.add_metric(["moderate"], s.drift_psi_moderate)
-        thresholds.add_metric(["major"], s.drift_psi_major)
-        manifest = self._manifest_now()
-        X, predicted = drift.decode_window(rows_raw, classes_raw)
-        if manifest is not None and manifest.features:
-            report = drift.evaluate(manifest, X, predicted, moderate=s.drift_psi_moderate, major=s.drift_psi_major)
-            samples.add_metric([], report.n_samples)
-            for f in report.features:
-                label = str(f.index)
-                if f.psi is not None:
-                    psi.add_metric([label], f.psi)
-                if f.ks is not None:
-                    ks.add_metric([label], f.ks)
-                for v in VERDICTS:
-                    verdict.add_metric([label, v], 1 if f.verdict.value == v else 0)
-            n_bad.add_metric([], report.n_features_drifted)
-            dataset.add_metric([], 1 if report.drifted else 0)
-            if report.predictions is not None and report.predictions.psi is not None:
-                classes.add_metric([], report.predictions.psi)
-        else:
-            samples.add_metric([], X.shape[0])
-        yield from (samples, psi, ks, verdict, n_bad, dataset, classes, thresholds)
 
 
 # --- serving ------------------------------------------------------------------------------

@@ -99,6 +99,8 @@ SCALER_HEALTH = f"{PREFIX}:scaler:health"
 SCALER_STATE = f"{PREFIX}:scaler:state"
 DRIFT_SAMPLES = f"{PREFIX}:drift:samples"
 DRIFT_CLASSES = f"{PREFIX}:drift:classes"
+# The latest drift evaluation (JSON), kept a few seconds for the drift route and the exporter to share.
+DRIFT_REPORT = f"{PREFIX}:drift:report"
 FEEDBACK = f"{PREFIX}:feedback"
 STATS_TASKS = f"{PREFIX}:stats:tasks"
 # Each finished task appends {"w": queue wait s, "r": run s} to its queue's stream (entry id = finish time, ms):

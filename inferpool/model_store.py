@@ -46,6 +46,22 @@ class FeatureSummary:
 
 
 @dataclass(frozen=True)
+class HeldOut:
+    """The model on rows it was not trained on, measured at train/register time (``inferpool.importance``).
+
+    ``importance`` is each feature's permutation importance: how much accuracy falls when that
+    column is shuffled (mean over repeats; it can be slightly negative for a feature the model ignores).
+    """
+
+    method: str  # e.g. "3-fold cross-fit", "held-out rows"
+    n_rows: int
+    score: float  # accuracy
+    importance: list[float]
+    # Share of each manifest class among the held-out predictions: the mix to expect in production.
+    predicted_proportions: list[float]
+
+
+@dataclass(frozen=True)
 class Manifest:
     version: str
     sha256: str
@@ -57,6 +73,10 @@ class Manifest:
     estimator: str
     features: list[FeatureSummary] = field(default_factory=list)
     runtime: RuntimeInfo = field(default_factory=RuntimeInfo)
+    # Rows the feature summaries were made from: drift tests treat the training bins as a sample of
+    # this size. Both None in manifests written before they were recorded.
+    n_train: int | None = None
+    held_out: HeldOut | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -72,7 +92,9 @@ class Manifest:
             edges[0] = -np.inf if edges[0] is None else edges[0]
             edges[-1] = np.inf if edges[-1] is None else edges[-1]
             feats.append(FeatureSummary(edges, f["proportions"], f["mean"], f["std"]))
-        return cls(**{**d, "features": feats, "runtime": RuntimeInfo.from_json(d.get("runtime"))})
+        held = d.get("held_out")
+        runtime = RuntimeInfo.from_json(d.get("runtime"))
+        return cls(**{**d, "features": feats, "runtime": runtime, "held_out": HeldOut(**held) if held else None})
 
 
 def summarize_features(X: np.ndarray, bins: int = SUMMARY_BINS) -> list[FeatureSummary]:
@@ -103,10 +125,21 @@ def _sha256(path: Path) -> str:
 
 
 def save_model(
-    model: Any, X_train: np.ndarray, y_train: np.ndarray, model_dir: Path, runtime: CompileChoice = "auto"
+    model: Any,
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    model_dir: Path,
+    runtime: CompileChoice = "auto",
+    held_out: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Manifest:
     """Write ``model`` (compiled too, unless ``runtime`` is joblib) and its manifest into ``model_dir``,
-    and make it the served version."""
+    and make it the served version.
+
+    The manifest also records the model's score and permutation importance on rows it was not trained
+    on: ``held_out`` (X, y) when given, else cross-fitted on the training rows (``inferpool.importance``).
+    """
+    from inferpool import importance  # it imports this module's records
+
     model_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=model_dir, suffix=".tmp", delete=False) as tmp:
         tmp_path = Path(tmp.name)
@@ -120,17 +153,20 @@ def save_model(
     else:
         compiled = compile_model(model, np.asarray(X_train), model_dir / f"{version}.onnx")
     classes, counts = np.unique(np.asarray(y_train), return_counts=True)
+    class_list = [int(c) for c in getattr(model, "classes_", classes)]
     manifest = Manifest(
         version=version,
         sha256=digest,
         file=final.name,
         n_features=int(X_train.shape[1]),
-        classes=[int(c) for c in getattr(model, "classes_", classes)],
+        classes=class_list,
         class_proportions=[float(c) / counts.sum() for c in counts],
         created=time.time(),
         estimator=type(model).__name__,
         features=summarize_features(np.asarray(X_train, dtype=np.float64)),
         runtime=compiled,
+        n_train=int(X_train.shape[0]),
+        held_out=importance.measure(model, X_train, y_train, class_list, held_out),
     )
     (model_dir / f"{version}.json").write_text(json.dumps(manifest.to_json(), indent=2))
     (model_dir / CURRENT_FILE).write_text(version + "\n")
@@ -164,24 +200,30 @@ def ensure_reference(model_dir: Path) -> tuple[Manifest, bool]:
         m = read_manifest(model_dir)
     except ModelError:
         return train_reference(model_dir), True
-    if m.estimator == "RandomForestClassifier" and not m.runtime.versions:
-        # Our own reference model from before compiled models existed: train it again, now compiled.
+    if m.estimator == "RandomForestClassifier" and (not m.runtime.versions or m.held_out is None):
+        # Our own reference model from before compiled models (or importance) existed: train it again.
         return train_reference(model_dir), True
     return m, False
 
 
 def register_model(
-    model_path: Path, X_train: np.ndarray, y_train: np.ndarray, model_dir: Path, runtime: CompileChoice = "auto"
+    model_path: Path,
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    model_dir: Path,
+    runtime: CompileChoice = "auto",
+    held_out: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Manifest:
     """Register a user's own joblib model, summarised against the data it was trained on.
 
     The file is loaded here, once, by the person registering it; workers then load
-    it only after checking the sha256 recorded now.
+    it only after checking the sha256 recorded now. ``held_out`` (X, y): rows the model never saw,
+    for its score and importance; without them both are cross-fitted on the training rows.
     """
     model = joblib.load(model_path)
     if not hasattr(model, "predict"):
         raise ModelError(f"{model_path} holds a {type(model).__name__}, which has no predict()")
-    return save_model(model, X_train, y_train, model_dir, runtime)
+    return save_model(model, X_train, y_train, model_dir, runtime, held_out)
 
 
 def current_version(model_dir: Path) -> str:

@@ -112,8 +112,29 @@ class Settings(BaseSettings):
     # --- monitoring ----------------------------------------------------------
     drift_window: int = 2000
     drift_sample_rate: float = 0.2
+    # A feature is moderate (major) when its bins' p-value is under the alpha AND its PSI reaches the
+    # threshold: the p-value keeps noise of small windows out (bench/drift_calibration.py measures the
+    # false alarms), the PSI keeps trivially small changes of large windows out.
     drift_psi_moderate: float = 0.1
     drift_psi_major: float = 0.25
+    drift_alpha_moderate: float = 0.01
+    drift_alpha_major: float = 0.001
+    drift_min_samples: int = 50  # no verdict below: under 5 rows per bin the chi-square is unreliable
+    # The window is drifted when the drifting features carry this share of the model's permutation
+    # importance, or when a feature among the fewest carrying drift_top_importance of it is major.
+    drift_weighted_share: float = 0.3
+    drift_top_importance: float = 0.8
+    # Share of the window's rows refused at the API for a feature (missing, not finite, beyond float32).
+    drift_refused_moderate: float = 0.01
+    drift_refused_major: float = 0.05
+    # The drift route and the exporter share one evaluation of the window for this long (0: never cached).
+    drift_cache_s: float = 5.0
+    # Concept drift: realised accuracy of the newest labelled predictions against the held-out score; drifted
+    # when lower with p < alpha (binomial) and by at least min_drop.
+    drift_accuracy_window: int = 500
+    drift_accuracy_min_labels: int = 100
+    drift_accuracy_alpha: float = 0.01
+    drift_accuracy_min_drop: float = 0.05
     log_json: bool = False
     # One INFO line per predict task (job/task id, worker, model, durations); DEBUG otherwise.
     log_task_events: bool = False
@@ -124,6 +145,16 @@ class Settings(BaseSettings):
     def _positive(cls, v: int) -> int:
         if v < 1:
             raise ValueError("must be at least 1")
+        return v
+
+    @field_validator(
+        "drift_alpha_moderate", "drift_alpha_major", "drift_weighted_share", "drift_top_importance",
+        "drift_refused_moderate", "drift_refused_major", "drift_accuracy_alpha",
+    )  # fmt: skip
+    @classmethod
+    def _fraction(cls, v: float) -> float:
+        if not 0 < v <= 1:
+            raise ValueError("must be a fraction in (0, 1]")
         return v
 
     @model_validator(mode="after")

@@ -1,4 +1,5 @@
-"""Feedback: realised accuracy and label delay, pure and over a real Redis window."""
+"""Feedback: realised accuracy and label delay, pure and over a real Redis window; the concept-drift verdict,
+pure and through the API on real workers."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ import time
 import pytest
 import redis
 import redis.asyncio
+from sklearn.datasets import make_classification
 
-from inferpool import keys
-from inferpool.feedback import FeedbackEntry, aentries, asummary, record_feedback, summarize
+from api.schemas import AccuracyResponse, ConceptVerdict
+from inferpool import keys, model_store
+from inferpool.drift import Status
+from inferpool.feedback import FeedbackEntry, aentries, asummary, concept, record_feedback, summarize
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -28,7 +33,7 @@ def redis_url(_drift_redis: str) -> str:
 
 
 def _entry(true: int | str, predicted: int | str, delay_s: float) -> FeedbackEntry:
-    return FeedbackEntry("job", [0.0], true, predicted, predicted_at=1000.0, received_at=1000.0 + delay_s)
+    return FeedbackEntry("job", 0, true, predicted, predicted_at=1000.0, received_at=1000.0 + delay_s)
 
 
 def test_summarize_accuracy_and_delay() -> None:
@@ -55,7 +60,7 @@ def test_record_and_summary_over_redis(redis_url: str) -> None:
                 await record_feedback(
                     aclient,
                     job_id=f"j{i}",
-                    row=[float(i), 2.5],
+                    row=i,
                     true_label=i % 2,
                     predicted_label=0 if i < 20 else 1,
                     predicted_at=100.0 + i,
@@ -72,7 +77,7 @@ def test_record_and_summary_over_redis(redis_url: str) -> None:
     assert length == 26
     # The window keeps the newest 25 (i = 5..29), newest first.
     assert [e.job_id for e in entries] == [f"j{i}" for i in range(29, 4, -1)]
-    assert entries[0].row == [29.0, 2.5]
+    assert entries[0].row == 29
     # Correct: even i < 20 predicted 0 (i = 6..18 even: 7), odd i >= 20 predicted 1 (21..29 odd: 5).
     assert summary["count"] == 25 and summary["correct"] == 12
     assert summary["accuracy"] == pytest.approx(12 / 25)
@@ -83,7 +88,7 @@ def test_record_defaults_received_at_to_now(redis_url: str) -> None:
     async def scenario() -> FeedbackEntry:
         aclient = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
         try:
-            await record_feedback(aclient, "j", [1.0], "cat", "dog", predicted_at=time.time() - 2.0)
+            await record_feedback(aclient, "j", 0, "cat", "dog", predicted_at=time.time() - 2.0)
             (entry,) = await aentries(aclient)
             return entry
         finally:
@@ -92,3 +97,53 @@ def test_record_defaults_received_at_to_now(redis_url: str) -> None:
     entry = asyncio.run(scenario())
     assert entry.true_label == "cat" and not entry.correct
     assert 1.5 < entry.delay_s < 10.0
+
+
+# --- concept drift ----------------------------------------------------------------------------------------
+
+
+def _labels(n_correct: int, n_wrong: int) -> list[FeedbackEntry]:
+    return [_entry(1, 1, 1.0)] * n_correct + [_entry(0, 1, 1.0)] * n_wrong
+
+
+def test_concept_verdict() -> None:
+    # At the held-out score: stable; well below it, with enough labels: drifted, with the reason.
+    stable = concept(_labels(186, 14), training_score=0.93, window=500, min_labels=100)
+    assert stable.status is Status.STABLE and not stable.drifted and stable.accuracy == pytest.approx(0.93)
+    low = concept(_labels(150, 50), training_score=0.93, window=500, min_labels=100)
+    assert low.drifted and low.p_value < 1e-6 and low.drop == pytest.approx(0.18)
+    assert low.reason == "accuracy 75.0% over the last 200 labels, 93.0% held out"
+    # Only the newest `window` labels count: the old wrong ones have left it.
+    recent = concept(_labels(300, 0) + _labels(0, 300), training_score=0.93, window=300, min_labels=100)
+    assert recent.n == 300 and recent.accuracy == 1.0 and not recent.drifted
+    # Significant but too small a drop to act on; too few labels; no score to compare with.
+    assert not concept(_labels(8800, 1200), training_score=0.9, window=10_000, min_labels=100).drifted
+    assert concept(_labels(10, 40), 0.93, min_labels=100).status is Status.INSUFFICIENT_DATA
+    none = concept(_labels(200, 0), None)
+    assert none.status is Status.INSUFFICIENT_DATA and none.reason == "the manifest records no held-out score"
+    assert set(low.to_json()) == set(ConceptVerdict.model_fields)
+
+
+def test_accuracy_route_judges_concept_drift(stack, api, model_dir) -> None:
+    """Labels that agree with the model, then labels that contradict it: the verdict follows the newest window."""
+    X, y = make_classification(n_samples=500, n_features=20, random_state=42)  # the reference training set
+    stack.client.delete(keys.FEEDBACK)
+    try:
+        job = api.post("/v1/jobs", json={"instances": X[:150].tolist()}).json()["job_id"]
+        wait_until(lambda: api.get(f"/v1/jobs/{job}").json()["status"] == "succeeded", 30, "job")
+        predicted = api.get(f"/v1/jobs/{job}").json()["predictions"]
+
+        def send(labels: list[int]) -> None:
+            body = {"labels": [{"job_id": job, "row": i, "label": int(v)} for i, v in enumerate(labels)]}
+            assert api.post("/v1/feedback", json=body).status_code == 200
+
+        send(predicted)
+        calm = api.get("/v1/monitoring/accuracy").json()
+        AccuracyResponse.model_validate(calm)
+        held_out = model_store.read_manifest(model_dir).held_out.score
+        assert calm["concept"]["status"] == "stable" and calm["concept"]["training_score"] == held_out
+        send([1 - p for p in predicted])
+        moved = api.get("/v1/monitoring/accuracy").json()["concept"]
+        assert moved["drifted"] and moved["n"] == 300 and moved["accuracy"] == 0.5
+    finally:
+        stack.client.delete(keys.FEEDBACK)

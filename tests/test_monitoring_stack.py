@@ -123,11 +123,14 @@ def _post_and_wait(api: httpx.Client, X: np.ndarray) -> None:
 def test_drift_gauges_flip_for_shifted_features_only(stack_factory, model_dir):
     """Rows from the training distribution: stable. The same with 12 of 20 features moved by 2 std:
     exactly those 12 drift and the dataset verdict flips."""
-    st = stack_factory(INFERPOOL_DRIFT_SAMPLE_RATE="1.0", INFERPOOL_WORKER_METRICS_PORT="0")
+    # No shared evaluation: each read must see the window as it is now, not as it was up to 5 s ago.
+    st = stack_factory(
+        INFERPOOL_DRIFT_SAMPLE_RATE="1.0", INFERPOOL_WORKER_METRICS_PORT="0", INFERPOOL_DRIFT_CACHE_S="0"
+    )
     st.start_api()
     st.start_worker("online", concurrency=1)
     api = httpx.Client(base_url=st.url, timeout=30)
-    collector = ClusterCollector(st.client, Settings(model_dir=model_dir))
+    collector = ClusterCollector(st.client, Settings(model_dir=model_dir, drift_cache_s=0))
     X, _ = make_classification(n_samples=500, n_features=N_FEATURES, random_state=42)  # the reference training set
     rng = np.random.default_rng(3)
     W = X[rng.integers(0, len(X), size=1200)]

@@ -8,10 +8,11 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from api.inputs import require_json
 from api.responses import OrjsonResponse
-from api.schemas import ErrorBody, FeedbackRequest
+from api.schemas import AccuracyResponse, DriftResponse, ErrorBody, FeedbackRequest
 from api.security import admin, api_key_header, caller
 from api.state import ApiState
 from inferpool import audit, drift, feedback, status
+from inferpool.drift import cache as drift_cache
 from inferpool.errors import BrokerUnavailable, InputError, JobNotFound
 
 router = APIRouter()
@@ -63,13 +64,18 @@ async def monitoring_status(request: Request, _: str = Depends(caller)) -> Orjso
         raise BrokerUnavailable(f"cannot reach Redis: {type(exc).__name__}") from exc
 
 
-@router.get("/v1/monitoring/drift", tags=["monitoring"], dependencies=[Depends(api_key_header)])
+@router.get(
+    "/v1/monitoring/drift", tags=["monitoring"], response_model=DriftResponse, dependencies=[Depends(api_key_header)]
+)
 async def monitoring_drift(request: Request, _: str = Depends(caller)) -> OrjsonResponse:
-    """Drift of recent inputs (sampled window) and predicted classes against the training data."""
+    """Drift of recent inputs (sampled window), refusals and predicted classes against the training data.
+
+    Features come most impact first (importance x drift), each with its importance beside its verdict;
+    ``reasons`` says why the window is drifted. One evaluation is shared with the exporter for a few seconds.
+    """
     st = _state(request)
     s = st.settings
-    X, classes = await drift.aread_window(st.redis)
-    report = drift.evaluate(st.manifest(), X, classes, moderate=s.drift_psi_moderate, major=s.drift_psi_major)
+    report = await drift_cache.areport(st.redis, st.manifest(), drift.policy_of(s), s.drift_cache_s)
     return OrjsonResponse(report.to_json())
 
 
@@ -97,10 +103,19 @@ async def post_feedback(
     return OrjsonResponse({"accepted": accepted, "summary": await feedback.asummary(st.redis)})
 
 
-@router.get("/v1/monitoring/accuracy", tags=["monitoring"], dependencies=[Depends(api_key_header)])
+@router.get(
+    "/v1/monitoring/accuracy",
+    tags=["monitoring"],
+    response_model=AccuracyResponse,
+    dependencies=[Depends(api_key_header)],
+)
 async def accuracy(request: Request, _: str = Depends(caller)) -> OrjsonResponse:
-    """Realised accuracy over the feedback window and label delay percentiles."""
-    return OrjsonResponse(await feedback.asummary(_state(request).redis))
+    """Realised accuracy over the feedback window, label delay percentiles, and the concept-drift verdict
+    (accuracy of the newest labels against the model's held-out score)."""
+    st = _state(request)
+    items = await feedback.aentries(st.redis)
+    verdict = feedback.judge(items, st.manifest(), st.settings)
+    return OrjsonResponse({**feedback.summarize(items), "concept": verdict.to_json()})
 
 
 @router.get("/v1/admin/audit", tags=["admin"], dependencies=[Depends(api_key_header)])
