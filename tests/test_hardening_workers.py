@@ -20,6 +20,8 @@ import httpx
 import numpy as np
 import pytest
 import redis
+from celery import Celery
+from celery.app.control import Control
 
 from inferpool import keys
 from inferpool.local_redis import LocalRedis
@@ -172,14 +174,15 @@ def broken_model_dir(src: Path, dst: Path) -> Path:
     return dst
 
 
-def control(hstack: Stack):
-    from celery import Celery
-
-    return Celery(broker=hstack.redis.url).control
+@pytest.fixture
+def control(hstack: Stack) -> Iterator[Control]:
+    app = Celery(broker=hstack.redis.url)
+    yield app.control
+    app.close()
 
 
 def test_worker_whose_processes_cannot_load_puts_the_message_back_and_stops_consuming(
-    hstack, hapi, reference_model, model_dir, tmp_path
+    hstack, hapi, control, reference_model, model_dir, tmp_path
 ):
     client = hstack.client
     node = "broken@hardening"
@@ -188,8 +191,7 @@ def test_worker_whose_processes_cannot_load_puts_the_message_back_and_stops_cons
     )
     assert heartbeat(client, node).get("ready") == "1"  # its main process's check passed
     # Only the broken worker consumes bulk now: the job's message must reach it.
-    ctl = control(hstack)
-    ctl.cancel_consumer(keys.QUEUE_BULK, destination=[GOOD], reply=True)
+    control.cancel_consumer(keys.QUEUE_BULK, destination=[GOOD], reply=True)
     try:
         before = ledger(client)
         X = rows(300, seed=30)
@@ -199,10 +201,59 @@ def test_worker_whose_processes_cannot_load_puts_the_message_back_and_stops_cons
         assert beat["queues"] == "" and "model unavailable" in beat["reason"], beat
         assert hapi.get(f"/v1/jobs/{job_id}").json()["status"] in ("queued", "running")  # not failed: back on its queue
     finally:
-        ctl.add_consumer(keys.QUEUE_BULK, destination=[GOOD], reply=True)
+        control.add_consumer(keys.QUEUE_BULK, destination=[GOOD], reply=True)
     view = wait_job(hapi, job_id, timeout_s=30)
     assert view["status"] == "succeeded" and view["predictions"] == reference_model.predict(X).tolist()
     after = ledger(client)
     assert after.get("failed", 0) == before.get("failed", 0)
     assert after.get("redelivered", 0) > before.get("redelivered", 0)  # the good worker ran the requeued copy
     broken.stop()
+
+
+# --- 2. Redis refusing writes (OOM under maxmemory, READONLY...) puts messages back ----------------------
+
+
+def evalsha_failures(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("failed_calls", 0))
+
+
+def submit_running(hapi: httpx.Client, client: redis.Redis, n: int, seed: int) -> list[str]:
+    """Jobs of one row holding a work process 300 ms, each seen running (its message held, unacked)."""
+    ids = [hapi.post("/v1/jobs", json={"instances": rows(1, seed + k).tolist(), "work_ms": 300}).json()["job_id"]
+           for k in range(n)]  # fmt: skip
+    wait_until(
+        lambda: all(client.hget(keys.job(j), "status") == b"running" for j in ids), 10, "the jobs to start", 0.01
+    )
+    return ids
+
+
+def test_tasks_wait_out_a_full_redis_and_requeue_past_their_patience(hstack, hapi):
+    client = hstack.client
+    log = hstack.procs[0].log
+    before = ledger(client)
+    try:
+        # A refusal that passes while the task is patient: it writes once memory is freed, no second run.
+        # (A job run first has Redis load every script: a NOSCRIPT reply counts as a failed EVALSHA too.)
+        assert wait_job(hapi, submit_running(hapi, client, 1, seed=39)[0])["status"] == "succeeded"
+        refused = evalsha_failures(client)
+        (job,) = submit_running(hapi, client, 1, seed=40)
+        client.config_set("maxmemory", 1)
+        wait_until(lambda: evalsha_failures(client) > refused, 5, "the finishing script to be refused", 0.01)
+        client.config_set("maxmemory", 0)
+        assert wait_job(hapi, job, timeout_s=20)["status"] == "succeeded"
+        now = ledger(client)
+        for second_run in ("redelivered", "redispatched"):  # nor sent again as a lost message
+            assert now.get(second_run, 0) == before.get(second_run, 0), now
+
+        # Refused past the task's patience, requeue included: both messages stay unacked and come back after
+        # the visibility timeout, and the worker (two processes) still has both its slots to run them.
+        jobs = submit_running(hapi, client, 2, seed=41)
+        client.config_set("maxmemory", 1)
+        wait_until(lambda: log.read_text().count("Redis refused the requeue") >= 2, 10, "both requeues refused")
+    finally:
+        client.config_set("maxmemory", 0)
+    assert [wait_job(hapi, j, timeout_s=30)["status"] for j in jobs] == ["succeeded"] * 2
+    after = ledger(client)
+    assert after.get("failed", 0) == before.get("failed", 0)
+    assert after.get("redelivered", 0) == before.get("redelivered", 0) + 2
+    assert after.get("redispatched", 0) == before.get("redispatched", 0)

@@ -1,17 +1,53 @@
-"""What the worker's main process does with a task's outcome: Celery's ``Request``, as inferpool needs it.
+"""What happens to a message once its task has run: Celery's ``Request``, as inferpool needs it, and
+which Redis errors are worth waiting for.
 
-These classes run in the main process (prefork children only run the task body): ``ServingRequest``
+``ServingRequest`` runs in the worker's main process (prefork children only run the task body): it
 closes the model gate when a pool process reports it cannot serve (``workers.serving``).
+
+When Redis refuses the ack or the requeue itself (under ``maxmemory`` with ``noeviction`` every command
+inside MULTI is refused, and kombu acks and requeues in one; a replica after a failover refuses every
+write), the message stays in kombu's unacked hash, from which the restore sweep puts it back on its
+queue after the visibility timeout; only this process's hold on it is let go. Left to kombu, the
+refusal escaped from the event loop (Celery runs acks there, ``call_soon_ack``) as an "Unrecoverable
+error" and the whole worker exited.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import redis
 from billiard.einfo import ExceptionWithTraceback
 from celery.worker.request import Request
+from kombu.transport import redis as kombu_redis
+from kombu.transport.virtual import QoS as VirtualQoS
 
 from workers.serving import CannotServe, gate
+
+logger = logging.getLogger(__name__)
+
+# Redis away or refusing for now, never the input's fault: down or restarting (connection errors, LOADING),
+# out of memory under maxmemory (OOM), a replica after a failover (READONLY), a cluster in the middle of a
+# change (TRYAGAIN, CLUSTERDOWN, MASTERDOWN).
+TRANSIENT_REDIS_ERRORS = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+)
+# Error codes redis-py leaves as a plain ResponseError: a script running too long (BUSY), a failed RDB save
+# that stops writes (MISCONF), too few replicas for min-replicas-to-write (NOREPLICAS).
+TRANSIENT_CODES = frozenset({"BUSY", "MISCONF", "NOREPLICAS", "MASTERDOWN", "LOADING", "READONLY", "OOM", "TRYAGAIN"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis being away or refusing for now: worth a wait, then a requeue, never a failure."""
+    if isinstance(exc, TRANSIENT_REDIS_ERRORS):
+        return True
+    return isinstance(exc, redis.exceptions.ResponseError) and str(exc).split(" ", 1)[0] in TRANSIENT_CODES
 
 
 class ServingRequest(Request):
@@ -40,3 +76,38 @@ class OneEventRequest(ServingRequest):
         if type == "task-started" or eventer is None or not eventer.enabled:
             return
         eventer.send(type, uuid=self.id, name=self.name, args=self.argsrepr, kwargs=self.kwargsrepr, **fields)
+
+
+# --- Redis refusing an ack or a requeue ----------------------------------------------------------------
+
+_kombu_ack = kombu_redis.QoS.ack
+_kombu_reject = kombu_redis.QoS.reject
+
+
+def _leave_unacked(qos: Any, delivery_tag: str, what: str, exc: Exception) -> None:
+    """The message stays unacked in Redis and comes back after the visibility timeout (a copy whose results
+    were written then counts as a duplicate); let go of it here as a completed ack would, through the
+    in-process half of kombu's ack alone, or each refusal would cost the worker a prefetch slot for good."""
+    VirtualQoS.ack(qos, delivery_tag)
+    logger.warning(
+        "Redis refused the %s of message %s (%s: %s); it returns to its queue after the visibility timeout",
+        what, delivery_tag, type(exc).__name__, exc,
+    )  # fmt: skip
+
+
+def _ack_or_leave_unacked(self: Any, delivery_tag: str) -> None:
+    try:
+        _kombu_ack(self, delivery_tag)
+    except redis.exceptions.ResponseError as exc:  # connection errors stay kombu's: it reconnects
+        _leave_unacked(self, delivery_tag, "ack", exc)
+
+
+def _reject_or_leave_unacked(self: Any, delivery_tag: str, requeue: bool = False) -> None:
+    try:
+        _kombu_reject(self, delivery_tag, requeue=requeue)
+    except redis.exceptions.ResponseError as exc:
+        _leave_unacked(self, delivery_tag, "requeue" if requeue else "reject", exc)
+
+
+kombu_redis.QoS.ack = _ack_or_leave_unacked
+kombu_redis.QoS.reject = _reject_or_leave_unacked

@@ -27,15 +27,13 @@ from inferpool import codec, drift, keys, metrics
 from inferpool.publish import TASK_PREDICT, TASK_PREDICT_ONLINE
 from inferpool.settings import get_settings
 from workers.app import app, soft_time_limit_s
-from workers.delivery import OneEventRequest, ServingRequest
+from workers.delivery import OneEventRequest, ServingRequest, is_transient
 from workers.runtime import Runtime, get_runtime
 from workers.serving import CannotServe
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# Redis down or restarting (connection refused/reset, LOADING): worth waiting for, never the input's fault.
-TRANSIENT_REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 # Long enough to ride out a Redis restart; never past the soft time limit (less a margin).
 REDIS_PATIENCE_S = 3.0
 REDIS_RETRY_PAUSE_S = 0.2
@@ -130,11 +128,14 @@ def _enqueued_at(request: Any) -> float | None:
 def _run(task: Any, spec: dict[str, Any]) -> None:
     try:
         _predict(task, spec)
-    except (*TRANSIENT_REDIS_ERRORS, SoftTimeLimitExceeded) as exc:
-        # Redis stayed away past our patience, or time ran out outside the model call (which marks its
-        # job failed itself): put the message back (or, Redis being down, leave it unacked until the
-        # visibility timeout) rather than ack a task whose results were never written.
-        raise Reject(f"results not written ({type(exc).__name__})", requeue=True) from exc
+    except Exception as exc:
+        # Redis stayed away or kept refusing writes (OOM, READONLY...) past our patience, or time ran out
+        # outside the model call (which marks its job failed itself): put the message back (or, Redis
+        # refusing that too, leave it unacked until the visibility timeout: workers.delivery) rather than
+        # ack a task whose results were never written.
+        if not (is_transient(exc) or isinstance(exc, SoftTimeLimitExceeded)):
+            raise
+        raise Reject(f"results not written ({type(exc).__name__}: {exc})", requeue=True) from exc
 
 
 @app.task(name=TASK_PREDICT, bind=True, ignore_result=True, send_events=False, Request=OneEventRequest)
@@ -194,13 +195,13 @@ def _predict(self: Any, spec: dict[str, Any]) -> None:
         if spec.get("work_ms"):
             # Simulated extra inference time: it occupies this process, as real compute would.
             time.sleep(spec["work_ms"] / 1000.0)
-    except TRANSIENT_REDIS_ERRORS:
-        raise  # not the input's fault: never report the job failed for it
     except _ChunkDone:
-        rt.redis.hincrby(keys.LEDGER, "duplicates", 1)
+        _quietly(rt.redis.hincrby, keys.LEDGER, "duplicates", 1)
         metrics.DUPLICATES.inc()
         return
     except Exception as exc:
+        if is_transient(exc):
+            raise  # Redis's state, not the input's fault: never report the job failed for it
         metrics.TASKS_COMPLETED.labels(queue=queue, outcome="failure").inc()
         logger.exception(
             "predict failed id=%s job=%s", spec.get("id"), job_id,
@@ -216,7 +217,7 @@ def _predict(self: Any, spec: dict[str, Any]) -> None:
         _patiently(_finish_inline, spec, rt, preds, enqueued, started, finished, s.result_ttl_s, until=patience)
     metrics.observe_task(queue, rows.shape[0], wait_s, run_s, preds, rt.manifest.version)
     if len(rows):
-        drift.record(rt.redis, rows, preds, s.drift_sample_rate, s.drift_window)
+        _quietly(drift.record, rt.redis, rows, preds, s.drift_sample_rate, s.drift_window)
     level = logging.INFO if s.log_task_events else logging.DEBUG
     if logger.isEnabledFor(level):  # one check on the hot path when task events are off
         logger.log(
@@ -239,22 +240,32 @@ def _runtime_or_requeue() -> Runtime:
 
 
 def _patiently(fn: Callable[..., T], *args: Any, until: float) -> T:
-    """Call ``fn``, retrying through a Redis restart (a fraction of a second) for up to REDIS_PATIENCE_S,
-    and not past ``until`` (monotonic clock)."""
+    """Call ``fn``, retrying through a Redis restart (a fraction of a second) or a refusal that passes (memory
+    freed, failover done) for up to REDIS_PATIENCE_S, and not past ``until`` (monotonic clock)."""
     deadline = min(time.monotonic() + REDIS_PATIENCE_S, until)
     while True:
         try:
             return fn(*args)
-        except TRANSIENT_REDIS_ERRORS:
-            if time.monotonic() >= deadline:
+        except Exception as exc:
+            if not is_transient(exc) or time.monotonic() >= deadline:
                 raise
             time.sleep(REDIS_RETRY_PAUSE_S)
+
+
+def _quietly(fn: Callable[..., Any], *args: Any) -> None:
+    """Bookkeeping (a counter, a drift sample) that Redis may refuse for now: never worth the message."""
+    try:
+        fn(*args)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        logger.debug("skipped %s: %s", getattr(fn, "__name__", fn), exc)
 
 
 def _count_redelivery(rt: Any, queue: str) -> None:
     # kombu flags a message it put back (visibility timeout passed, or its worker was lost).
     metrics.TASKS_REDELIVERED.labels(queue=queue).inc()
-    rt.redis.hincrby(keys.LEDGER, "redelivered", 1)
+    _quietly(rt.redis.hincrby, keys.LEDGER, "redelivered", 1)
 
 
 class _ChunkDone(Exception):
