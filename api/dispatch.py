@@ -140,8 +140,18 @@ class Dispatcher:
     # --- replies ------------------------------------------------------------------
     def start(self) -> None:
         self._reader = asyncio.get_running_loop().create_task(self._read_replies(), name="reply-reader")
+        self._reader.add_done_callback(self._reader_ended)
+
+    def _reader_ended(self, task: asyncio.Task) -> None:
+        """Supervision: the reader ends only at close(); anything else starts it again."""
+        if self._stopping or task.cancelled():
+            return
+        logger.error("reply reader ended unexpectedly (%r); starting it again", task.exception())
+        self.start()
 
     async def _read_replies(self) -> None:
+        """The one reader of this process's reply list. Nothing it meets may end it: a reader gone quiet
+        leaves every inline request to time out (504) while the workers answer."""
         while not self._stopping:
             try:
                 item = await self._blocking.blpop([self.reply_key], timeout=REPLY_POLL_S)
@@ -151,16 +161,17 @@ class Dispatcher:
                 logger.warning("reply reader: %s; retrying", type(exc).__name__)
                 await asyncio.sleep(0.5)
                 continue
-            if item is None:
-                continue
-            try:
-                reply = parse_reply(item[1])
-            except (orjson.JSONDecodeError, KeyError) as exc:
-                logger.error("reply reader: unreadable reply (%s)", exc)
-                continue
+            if item is not None:
+                self._deliver(item[1])
+
+    def _deliver(self, raw: bytes) -> None:
+        try:
+            reply = parse_reply(raw)
             fut = self._waiting.pop(reply.task_id, None)
             if fut is not None and not fut.done():
                 fut.set_result(reply)
+        except Exception:  # whatever a reply holds, it is dropped, logged (not its content), and reading goes on
+            logger.exception("reply reader: dropped an unreadable reply of %d bytes", len(raw))
 
     async def close(self) -> None:
         self._stopping = True

@@ -11,6 +11,7 @@ import hashlib
 import json
 import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,11 +24,13 @@ import redis
 from celery import Celery
 from celery.app.control import Control
 
-from inferpool import keys
+from inferpool import codec, keys
 from inferpool.local_redis import LocalRedis
+from inferpool.publish import task_message
 from tests.conftest import Stack, base_env
 from tests.support.jobs import wait_job
 from tests.support.waiting import wait_until
+from workers.redispatch import SweepLock
 
 N_FEATURES = 20
 GOOD = "good@hardening"
@@ -257,3 +260,89 @@ def test_tasks_wait_out_a_full_redis_and_requeue_past_their_patience(hstack, hap
     assert after.get("failed", 0) == before.get("failed", 0)
     assert after.get("redelivered", 0) == before.get("redelivered", 0) + 2
     assert after.get("redispatched", 0) == before.get("redispatched", 0)
+
+
+# --- 3. specs checked in the task, no raw rows over the broker, an owned lock, a reply reader that survives --
+
+
+def push_task(client: redis.Redis, spec: dict, queue: str) -> str:
+    """A message as any broker client (Flower's send-task, say) can put on a queue."""
+    task_id = uuid.uuid4().hex
+    client.lpush(queue, task_message(task_id, spec, queue))
+    return task_id
+
+
+def test_a_spec_naming_keys_inferpool_never_writes_is_refused_with_nothing_written(hstack):
+    client = hstack.client
+    log = hstack.procs[0].log
+    client.rpush("victim", "precious")  # somebody else's list, with no TTL
+    row = codec.rows_to_b64(rows(1, seed=50))
+    inline = {"n": 1, "rows": row, "work_ms": 0, "queue": keys.QUEUE_ONLINE, "reqs": 0}
+    evil = [
+        {**inline, "id": uuid.uuid4().hex, "reply": "victim"},  # push to and expire any list
+        {**inline, "id": "x:spec", "reply": keys.reply_list("abc")},  # a result key landing on another's key
+        {"id": "j:0", "job": "../victim", "chunk": 0, "n": 1, "work_ms": 0, "queue": keys.QUEUE_BULK},
+        {**inline, "id": uuid.uuid4().hex, "work_ms": True},
+    ]
+    refused = log.read_text().count("refused task")
+    for spec in evil:
+        push_task(client, spec, spec["queue"])
+    wait_until(lambda: log.read_text().count("refused task") - refused == len(evil), 10, "every message refused")
+    wait_until(lambda: client.hlen(keys.UNACKED_HASH) == 0, 5, "the messages acked, not left to come back")
+    assert client.lrange("victim", 0, -1) == [b"precious"] and client.ttl("victim") == -1
+    written = [keys.batch_result(spec["id"]) for spec in evil] + client.keys(f"{keys.PREFIX}:job:*victim*")
+    assert not any(client.exists(k) for k in written)
+    assert "precious" not in log.read_text() and row not in log.read_text()
+
+
+def test_query_task_shows_sizes_never_rows(hstack, control):
+    row = codec.rows_to_b64(rows(1, seed=51))
+    spec = {"id": uuid.uuid4().hex, "n": 1, "rows": row, "work_ms": 1500, "queue": keys.QUEUE_WORK, "reqs": 0}
+    task_id = push_task(hstack.client, spec, keys.QUEUE_WORK)
+    found: dict = {}
+
+    def running() -> bool:
+        found.update((control.inspect(destination=[GOOD], timeout=1).query_task(task_id) or {}).get(GOOD, {}))
+        return task_id in found
+
+    wait_until(running, 10, "the task to be reported running")
+    state, info = found[task_id]
+    assert state == "active" and info["args"] == "(rows=1, work_ms=1500)", info
+    assert row not in json.dumps(found)
+
+
+def test_the_redispatch_lock_is_released_by_its_holder_only(hstack):
+    a, b = SweepLock(hstack.client, "a@host"), SweepLock(hstack.client, "b@host")
+    try:
+        assert a.acquire() and not b.acquire()
+        assert not b.release() and hstack.client.get(keys.REDISPATCH_LOCK) == a.token.encode()
+        assert a.release() and hstack.client.get(keys.REDISPATCH_LOCK) is None
+        assert b.acquire()  # free as soon as its holder is done, not when a TTL runs out
+    finally:
+        b.release()
+
+
+def reply_list_of_api(client: redis.Redis, timeout_s: float = 10) -> str:
+    """The API's reply list, seen in its BLPOP (every second) through MONITOR."""
+    deadline = time.monotonic() + timeout_s
+    with client.monitor() as m:
+        for cmd in m.listen():
+            words = cmd["command"].split()
+            if words[0] == "BLPOP" and words[1].startswith(keys.reply_list("")):
+                return words[1]
+            assert time.monotonic() < deadline, "no BLPOP on a reply list seen"
+    raise AssertionError("MONITOR ended")
+
+
+def test_the_reply_reader_survives_replies_it_cannot_read(hstack, hapi, reference_model):
+    client = hstack.client
+    reply_key = reply_list_of_api(client)
+    # A list where an object belongs, predictions that are no numbers, an id that is no string.
+    client.rpush(reply_key, b"[1]", b'{"id": "t", "p": "x"}', b'{"id": ["t"], "p": [1]}')
+    wait_until(lambda: client.llen(reply_key) == 0, 5, "the API to read the bad replies")
+    X = rows(3, seed=52)
+    for i in range(3):
+        r = hapi.post("/v1/predict", json={"instances": X[i : i + 1].tolist()})
+        assert r.status_code == 200, r.text
+        assert r.json()["predictions"] == reference_model.predict(X[i : i + 1]).tolist()
+    assert "unreadable reply" in hstack.procs[1].log.read_text()

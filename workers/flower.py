@@ -8,10 +8,11 @@ arguments. Its UI and REST API answer 401 to anonymous callers.
 
 Task arguments: the API publishes with ``argsrepr="(rows=N, work_ms=W)"``, so
 task events (what Flower's task list shows) carry sizes only. But Celery's
-``active``, ``reserved`` and ``scheduled`` inspect commands, which Flower calls
-when one worker is opened, reply with the raw arguments (our rows, base64).
-The worker imports this module and re-registers those three commands to reply
-with the argsrepr instead.
+``active``, ``reserved``, ``scheduled`` and ``query_task`` inspect commands
+(the first three called by Flower when one worker is opened, the last by anyone
+on the broker who knows a task id) reply with the raw arguments (our rows,
+base64). The worker imports this module and re-registers those four commands
+to reply with the argsrepr instead.
 """
 
 from __future__ import annotations
@@ -84,6 +85,26 @@ def reserved(state: Any, **kwargs: Any) -> list[dict]:
     """List of currently reserved tasks, not including scheduled/active (arguments as their argsrepr)."""
     waiting = state.tset(worker_state.reserved_requests) - state.tset(worker_state.active_requests)
     return [r.info(safe=True) for r in waiting]
+
+
+@control.inspect_command(variadic="ids", signature="[id1 [id2 [... [idN]]]]")
+def query_task(state: Any, ids: Any, **kwargs: Any) -> dict[str, tuple[str, dict]]:
+    """Query for task information by id (arguments as their argsrepr)."""
+    wanted = [ids] if isinstance(ids, str) else list(ids or ())
+    found = {}
+    for task_id in wanted:
+        req = worker_state.requests.get(task_id)
+        if req is not None:
+            found[req.id] = (_state_of(req), req.info(safe=True))
+    return found
+
+
+def _state_of(req: Any) -> str:
+    if req in worker_state.active_requests:
+        return "active"
+    if req in worker_state.reserved_requests:
+        return "reserved"
+    return "scheduled" if req in worker_state.scheduled_requests else "ready"
 
 
 @control.inspect_command(alias="dump_schedule")

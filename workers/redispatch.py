@@ -9,9 +9,10 @@ Redis until they finish.
 
 Every accepted job and every inline task with a caller waits in
 ``keys.INFLIGHT``, scored by its last sign of progress. Every
-``INFERPOOL_REDISPATCH_INTERVAL_S`` one worker (a lock in Redis decides which)
-looks at the entries with no progress for a visibility timeout. Each
-unfinished piece whose message is neither on a queue nor held by a worker (one
+``INFERPOOL_REDISPATCH_INTERVAL_S`` each worker tries a lock in Redis (its own
+token, released by its holder alone); the holder looks at the entries with no
+progress for a visibility timeout, and re-scores them, so a sweep right after
+finds nothing to do. Each unfinished piece whose message is neither on a queue nor held by a worker (one
 atomic look at both) is published again under the same task id. Results are
 idempotent, so a copy that turns out to have been alive after all finishes as
 a counted duplicate; nothing is ever resent while its message can still run.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,17 +170,45 @@ def sweep(client: Any, s: Settings, now: float) -> SweepReport:
     return report
 
 
+# Longer than any sweep (a few pages of scans): a holder that dies mid-sweep holds the others off this long.
+LOCK_TTL_S = 60
+# KEYS: the lock; ARGV: the holder's token. Deletes the lock only if it is still the holder's: a sweep that
+# outlived the TTL must not release a lock another worker has taken since.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class SweepLock:
+    """One sweep at a time across workers: SET NX with a token of this holder's own, released by it alone."""
+
+    def __init__(self, client: Any, hostname: str) -> None:
+        self.client = client
+        self.token = f"{hostname}:{uuid.uuid4().hex}"
+        self._release = client.register_script(_RELEASE)
+
+    def acquire(self) -> bool:
+        return bool(self.client.set(keys.REDISPATCH_LOCK, self.token, nx=True, ex=LOCK_TTL_S))
+
+    def release(self) -> bool:
+        """True if the lock was still ours (and is now free)."""
+        return bool(self._release(keys=[keys.REDISPATCH_LOCK], args=[self.token]))
+
+
 _stop = threading.Event()
 
 
 def _run(hostname: str) -> None:
     s = get_settings()
-    client = sync_client(s.redis_url)
-    lock_s = max(1, int(s.redispatch_interval_s))
+    lock = SweepLock(sync_client(s.redis_url), hostname)
     while not _stop.wait(s.redispatch_interval_s):
         try:
-            if client.set(keys.REDISPATCH_LOCK, hostname, nx=True, ex=lock_s):
-                sweep(client, s, time.time())
+            if lock.acquire():
+                try:
+                    sweep(lock.client, s, time.time())
+                finally:
+                    lock.release()
         except Exception as exc:  # Redis restarting: the next interval tries again.
             logger.debug("re-dispatch sweep failed: %s", exc)
 

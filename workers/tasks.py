@@ -30,6 +30,7 @@ from workers.app import app, soft_time_limit_s
 from workers.delivery import OneEventRequest, ServingRequest, is_transient
 from workers.runtime import Runtime, get_runtime
 from workers.serving import CannotServe
+from workers.specs import SpecRefused, check_spec
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +128,11 @@ def _enqueued_at(request: Any) -> float | None:
 
 def _run(task: Any, spec: dict[str, Any]) -> None:
     try:
+        check_spec(spec)
+    except SpecRefused as exc:
+        _refuse(task, exc)
+        return
+    try:
         _predict(task, spec)
     except Exception as exc:
         # Redis stayed away or kept refusing writes (OOM, READONLY...) past our patience, or time ran out
@@ -136,6 +142,16 @@ def _run(task: Any, spec: dict[str, Any]) -> None:
         if not (is_transient(exc) or isinstance(exc, SoftTimeLimitExceeded)):
             raise
         raise Reject(f"results not written ({type(exc).__name__}: {exc})", requeue=True) from exc
+
+
+def _refuse(task: Any, exc: SpecRefused) -> None:
+    """Ack a message whose spec inferpool never wrote, having written nothing: counted, logged (not its spec)."""
+    queue = (task.request.delivery_info or {}).get("routing_key") or ""
+    metrics.TASKS_COMPLETED.labels(queue=queue, outcome="refused").inc()
+    logger.error(
+        "refused task %s from %s: its spec's %s", task.request.id, queue, exc,
+        extra={"task_id": task.request.id, "queue": queue},
+    )  # fmt: skip
 
 
 @app.task(name=TASK_PREDICT, bind=True, ignore_result=True, send_events=False, Request=OneEventRequest)
