@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from api.batcher import Batcher
 from api.dispatch import Dispatcher
 from api.jobs import JobStore
-from inferpool import keys, queues, status
+from inferpool import keys, queues, redis_fit, status
 from inferpool.errors import BrokerUnavailable, ModelError, Overloaded
 from inferpool.model_store import Manifest, read_manifest
+from inferpool.redis_client import sync_client
 from inferpool.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -23,6 +24,9 @@ SNAPSHOT_MAX_AGE_S = 0.25
 CAPACITY_MAX_AGE_S = 1.0
 # Recent task run times read per queue to estimate its service time.
 SERVICE_SAMPLES = 50
+# Redis over its memory share frees up as work finishes (results expire, inputs go once done): minutes at
+# worst, but a client retrying after a few seconds costs one cheap 429.
+MEMORY_RETRY_AFTER_S = 5.0
 
 
 def predicted_wait_s(depth: int, oldest_age_s: float, service_s: float, processes: int) -> float:
@@ -108,12 +112,15 @@ class ApiState:
         q, cap = snap.queues[queue], self._capacity
         return predicted_wait_s(q.depth, q.oldest_age_s, cap.service_s.get(queue, 0.0), cap.processes.get(queue, 0))
 
-    async def admit(self, queue_names: tuple[str, ...], max_wait_s: float) -> None:
-        """Backpressure: refuse new work when its predicted wait is over ``max_wait_s``, or the backlog is too big.
+    async def admit(self, queue_names: tuple[str, ...], max_wait_s: float, incoming_bytes: int = 0) -> None:
+        """Backpressure: refuse new work when its predicted wait is over ``max_wait_s``, the backlog is too big,
+        or Redis (``incoming_bytes`` more, when the caller knows them) would be over its memory share.
 
-        Raises Overloaded (429 with Retry-After) or BrokerUnavailable (503) when Redis cannot be read.
+        Raises Overloaded (429 with Retry-After), or BrokerUnavailable (503) when Redis cannot be read or
+        may evict keys.
         """
         snap = await self.snapshot()
+        self._check_memory(snap, incoming_bytes)
         wait = max(self.queue_wait_s(snap, q) for q in queue_names)
         if wait > max_wait_s:
             msg = f"predicted queue wait {wait:.1f} s is over the {max_wait_s:g} s limit"
@@ -124,8 +131,40 @@ class ApiState:
                 retry_after_s=max(1.0, wait),
             )
 
+    def _check_memory(self, snap: queues.Snapshot, incoming_bytes: int) -> None:
+        """Shed by bytes before Redis is full: accepted work must still fit, and a full Redis refuses every
+        write, acks included. An evicting policy set after start is refused here too."""
+        mem, s = snap.memory, self.settings
+        if mem is None:
+            return
+        refusal = redis_fit.eviction_refusal(mem.policy, s.allow_eviction)
+        if refusal:
+            raise BrokerUnavailable(refusal)
+        if mem.over(s.redis_memory_shed_share, incoming_bytes):
+            raise Overloaded(
+                f"Redis holds {mem.used_bytes / mem.max_bytes:.0%} of its maxmemory "
+                f"({mem.used_bytes} of {mem.max_bytes} bytes); new work waits below {s.redis_memory_shed_share:.0%}",
+                retry_after_s=MEMORY_RETRY_AFTER_S,
+            )
+
+
+def check_redis_fit(settings: Settings) -> None:
+    """At start: refuse to run on a Redis that may evict keys (:class:`redis_fit.EvictionPolicyRefused`).
+    Unreachable now, it is checked with every queue snapshot instead (admission answers 503 meanwhile)."""
+    client = sync_client(settings.redis_url)
+    try:
+        redis_fit.check_policy(client, settings.allow_eviction)
+    except redis_fit.EvictionPolicyRefused as exc:
+        logger.error("%s", exc)
+        raise
+    except Exception as exc:
+        logger.warning("cannot check Redis's maxmemory-policy at start (%s); admission checks it", type(exc).__name__)
+    finally:
+        client.close()
+
 
 def build_state(settings: Settings, aredis) -> ApiState:
+    check_redis_fit(settings)
     dispatcher = Dispatcher(settings.redis_url, settings.result_ttl_s)
     batcher = Batcher(
         dispatcher,

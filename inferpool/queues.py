@@ -3,6 +3,7 @@
 kombu's Redis transport LPUSHes and BRPOPs, so a queue's oldest message sits
 at index -1 of each priority sub-list; a message taken by a worker but not yet
 acked lives in the ``unacked`` hash, scored by delivery time in ``unacked_index``.
+The same round trip reads ``INFO memory``: how full Redis is, for shedding by bytes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from inferpool import keys
+from inferpool.redis_fit import Memory
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class Snapshot:
     unacked_oldest_age_s: float
     redelivered: int = 0
     extra: dict = field(default_factory=dict)
+    memory: Memory | None = None  # None when Redis would not say (an ACL without INFO)
 
     @property
     def depth(self) -> int:
@@ -55,7 +58,8 @@ def _plan(queues: tuple[str, ...]) -> list[tuple[str, str]]:
     return [(q, lst) for q in queues for lst in keys.priority_lists(q)]
 
 
-def _build(queues: tuple[str, ...], replies: list, oldest_unacked: list, n_unacked: int, now: float) -> Snapshot:
+def _build(queues: tuple[str, ...], res: list, now: float) -> Snapshot:
+    replies, oldest_unacked, n_unacked, info = res[:-3], res[-3], res[-2], res[-1]
     plan = _plan(queues)
     depth: dict[str, int] = dict.fromkeys(queues, 0)
     oldest: dict[str, float] = dict.fromkeys(queues, 0.0)
@@ -70,6 +74,7 @@ def _build(queues: tuple[str, ...], replies: list, oldest_unacked: list, n_unack
         queues={q: QueueState(depth[q], oldest[q]) for q in queues},
         unacked=int(n_unacked),
         unacked_oldest_age_s=max(0.0, unacked_age),
+        memory=Memory.from_info(info) if isinstance(info, dict) else None,
     )
 
 
@@ -79,18 +84,25 @@ def _queue_commands(pipe, queues: tuple[str, ...]) -> None:
         pipe.lrange(lst, -1, -1)
     pipe.zrange(keys.UNACKED_INDEX, 0, 0, withscores=True)
     pipe.zcard(keys.UNACKED_INDEX)
+    pipe.info("memory")
 
 
 def snapshot(client, queues: tuple[str, ...] = keys.ALL_QUEUES) -> Snapshot:
-    """One round trip to Redis: depth and oldest age per queue, and the unacked set."""
+    """One round trip to Redis: depth and oldest age per queue, the unacked set, and memory."""
     pipe = client.pipeline(transaction=False)
     _queue_commands(pipe, queues)
-    res = pipe.execute()
-    return _build(queues, res[:-2], res[-2], res[-1], time.time())
+    return _build(queues, _checked_replies(pipe.execute(raise_on_error=False)), time.time())
 
 
 async def asnapshot(aclient, queues: tuple[str, ...] = keys.ALL_QUEUES) -> Snapshot:
     pipe = aclient.pipeline(transaction=False)
     _queue_commands(pipe, queues)
-    res = await pipe.execute()
-    return _build(queues, res[:-2], res[-2], res[-1], time.time())
+    return _build(queues, _checked_replies(await pipe.execute(raise_on_error=False)), time.time())
+
+
+def _checked_replies(res: list) -> list:
+    """A refused INFO (an ACL without it) costs only the memory figures; any other error is the caller's."""
+    for r in res[:-1]:
+        if isinstance(r, Exception):
+            raise r
+    return res

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     job_chunk_rows: int = 4096
     # A worker that cannot load its model consumes nothing and tries again this often (workers.serving).
     model_retry_s: float = 5.0
+    # Redis fit for a queue (inferpool.redis_fit): API and workers refuse an evicting maxmemory-policy
+    # (allkeys-*, volatile-*) unless this is set; new work is shed (429) once Redis holds this share of its
+    # maxmemory, so that what was accepted still fits and a full Redis never refuses our acks.
+    allow_eviction: bool = False
+    redis_memory_shed_share: float = Field(0.8, gt=0, le=1)
 
     # --- micro-batching (front end) ----------------------------------------
     batch_max_rows: int = 256

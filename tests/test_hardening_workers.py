@@ -24,10 +24,10 @@ import redis
 from celery import Celery
 from celery.app.control import Control
 
-from inferpool import codec, keys
-from inferpool.local_redis import LocalRedis
+from inferpool import codec, keys, redis_fit
+from inferpool.local_redis import LocalRedis, free_port
 from inferpool.publish import task_message
-from tests.conftest import Stack, base_env
+from tests.conftest import START_TIMEOUT_S, Proc, Stack, base_env
 from tests.support.jobs import wait_job
 from tests.support.waiting import wait_until
 from workers.redispatch import SweepLock
@@ -61,11 +61,25 @@ def hstack(tmp_path_factory, model_dir) -> Iterator[Stack]:
     (d / "metrics").mkdir()
     srv = LocalRedis(d / "redis", aof=True).start()
     st = Stack(redis=srv, env=base_env(srv.url, model_dir, d / "metrics", **FAST), tmp=d)
+    api = st._spawn("api", ["api", "--port", str(port := free_port())])  # starting while the worker starts
     st.start_worker("all", concurrency=2, name=GOOD)
-    st.start_api()
+    st.url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: _healthy(st.url, api), START_TIMEOUT_S, "the API to start")
     yield st
     st.stop()
     srv.stop(kill=True)
+
+
+def good_log(hstack: Stack) -> Path:
+    return next(p for p in hstack.procs if getattr(p, "node", None) == GOOD).log
+
+
+def _healthy(url: str, api: Proc) -> bool:
+    assert api.popen.poll() is None, api.log.read_text()[-2000:]
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +246,7 @@ def submit_running(hapi: httpx.Client, client: redis.Redis, n: int, seed: int) -
 
 def test_tasks_wait_out_a_full_redis_and_requeue_past_their_patience(hstack, hapi):
     client = hstack.client
-    log = hstack.procs[0].log
+    log = good_log(hstack)
     before = ledger(client)
     try:
         # A refusal that passes while the task is patient: it writes once memory is freed, no second run.
@@ -274,7 +288,7 @@ def push_task(client: redis.Redis, spec: dict, queue: str) -> str:
 
 def test_a_spec_naming_keys_inferpool_never_writes_is_refused_with_nothing_written(hstack):
     client = hstack.client
-    log = hstack.procs[0].log
+    log = good_log(hstack)
     client.rpush("victim", "precious")  # somebody else's list, with no TTL
     row = codec.rows_to_b64(rows(1, seed=50))
     inline = {"n": 1, "rows": row, "work_ms": 0, "queue": keys.QUEUE_ONLINE, "reqs": 0}
@@ -303,7 +317,7 @@ def test_query_task_shows_sizes_never_rows(hstack, control):
 
     def running() -> bool:
         found.update((control.inspect(destination=[GOOD], timeout=1).query_task(task_id) or {}).get(GOOD, {}))
-        return task_id in found
+        return found.get(task_id, ("",))[0] == "active"
 
     wait_until(running, 10, "the task to be reported running")
     state, info = found[task_id]
@@ -345,4 +359,48 @@ def test_the_reply_reader_survives_replies_it_cannot_read(hstack, hapi, referenc
         r = hapi.post("/v1/predict", json={"instances": X[i : i + 1].tolist()})
         assert r.status_code == 200, r.text
         assert r.json()["predictions"] == reference_model.predict(X[i : i + 1]).tolist()
-    assert "unreadable reply" in hstack.procs[1].log.read_text()
+    assert "unreadable reply" in next(p for p in hstack.procs if p.name == "api").log.read_text()
+
+
+# --- 4. Redis fit for a queue: no evicting policy, new work shed by bytes before Redis is full -----------
+
+
+def test_api_and_workers_refuse_a_redis_that_may_evict(hstack, hapi):
+    client = hstack.client
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        worker = hstack._spawn("worker-evicting", ["worker", "--role", "all", "-c", "1", "--name", "evict@hardening"])
+        api = hstack._spawn("api-evicting", ["api", "--port", str(free_port())])
+        for proc in (worker, api):
+            proc.popen.wait(START_TIMEOUT_S)
+            assert proc.popen.returncode != 0
+            text = proc.log.read_text()
+            assert "maxmemory-policy is 'allkeys-lru'" in text and "INFERPOOL_ALLOW_EVICTION" in text, text[-2000:]
+        assert redis_fit.eviction_refusal("allkeys-lru", allow=True) is None  # said so on purpose: it runs
+        # The running API re-reads the policy with its queue snapshot: no new work while Redis may evict it.
+        r = hapi.post("/v1/jobs", json={"instances": rows(1, seed=60).tolist()})
+        assert r.status_code == 503 and "maxmemory-policy" in r.json()["message"], r.text
+    finally:
+        client.config_set("maxmemory-policy", "noeviction")
+        time.sleep(0.5)  # the API's queue snapshot (a quarter of a second old at most) sees it too
+
+
+def test_new_work_is_shed_by_bytes_before_redis_is_full_and_accepted_work_finishes(hstack, hapi, reference_model):
+    client = hstack.client
+    X = rows(1, seed=61)
+    accepted = hapi.post("/v1/jobs", json={"instances": X.tolist(), "work_ms": 1000})
+    assert accepted.status_code == 202
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory", int(used / 0.9))  # ~90 % full: over the 80 % share, with room to finish
+    try:
+        time.sleep(0.5)
+        for route, body in (("/v1/jobs", {"instances": X.tolist()}), ("/v1/predict", {"instances": X.tolist()})):
+            r = hapi.post(route, json=body)
+            assert r.status_code == 429 and r.headers["retry-after"], r.text
+            assert "maxmemory" in r.json()["message"]
+        view = wait_job(hapi, accepted.json()["job_id"], timeout_s=20)
+        assert view["status"] == "succeeded" and view["predictions"] == reference_model.predict(X).tolist()
+    finally:
+        client.config_set("maxmemory", 0)
+    time.sleep(0.5)
+    assert hapi.post("/v1/predict", json={"instances": X.tolist()}).status_code == 200

@@ -15,6 +15,9 @@ Now the gate below keeps such a worker out of its queues:
 
 Everything here runs in the worker's main process, on its event loop (the consumer's timer), which is
 where Celery's own ``add_consumer``/``cancel_consumer`` commands run too.
+
+The same bootstep refuses a Redis that may evict keys (``inferpool.redis_fit``): the worker exits, naming
+the setting, unless ``INFERPOOL_ALLOW_EVICTION=true``.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import bootsteps
-from celery.exceptions import Reject
+from celery.exceptions import Reject, WorkerShutdown
 from celery.signals import worker_init, worker_process_init
 
+from inferpool import redis_fit
+from inferpool.redis_client import sync_client
 from inferpool.settings import get_settings
 from workers.app import app
 from workers.runtime import check_model, get_runtime
@@ -36,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 TICK_S = 1.0
 MAX_BACKOFF_S = 60.0
+# The worker's exit status when Redis may evict keys (EX_CONFIG in sysexits.h: a configuration error).
+EXIT_REDIS_UNFIT = 78
 
 
 class CannotServe(Reject):
@@ -132,6 +139,7 @@ class ModelGateStep(bootsteps.StartStopStep):
         self.tref: Any = None
 
     def start(self, c: Any) -> None:
+        _refuse_evicting_redis(c.hostname)
         gate.attach(c)
         self.stop(c)
         self.tref = c.timer.call_repeatedly(TICK_S, gate.tick)
@@ -145,6 +153,19 @@ class ModelGateStep(bootsteps.StartStopStep):
 
 
 app.steps["consumer"].add(ModelGateStep)
+
+
+def _refuse_evicting_redis(hostname: str) -> None:
+    """Checked on every (re)connection: a worker must not serve from a Redis that may evict its queues."""
+    s = get_settings()
+    client = sync_client(s.redis_url)
+    try:
+        redis_fit.check_policy(client, s.allow_eviction)
+    except redis_fit.EvictionPolicyRefused as exc:
+        logger.critical("worker %s will not run: %s", hostname, exc)
+        raise WorkerShutdown(EXIT_REDIS_UNFIT) from exc
+    finally:
+        client.close()
 
 
 @worker_init.connect
