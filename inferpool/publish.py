@@ -29,8 +29,15 @@ from inferpool.errors import BrokerUnavailable
 TASK_PREDICT = "inferpool.predict"
 TASK_PREDICT_ONLINE = "inferpool.predict_online"
 TASK_NAMES = (TASK_PREDICT, TASK_PREDICT_ONLINE)
-# What a Redis client raises when the broker is away; the API turns BrokerUnavailable into a 503.
-BROKER_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+# What a Redis client raises when the broker is away or refuses writes for now (full under maxmemory, a replica
+# after a failover); the API turns BrokerUnavailable into a 503 with Retry-After, and nothing was accepted.
+BROKER_ERRORS = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    OSError,
+)
 
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
