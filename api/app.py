@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import errors
+from api.edge import EdgeGuard
 from api.responses import OrjsonResponse
 from api.routes import jobs, ops, predict
 from api.security import load_tables
@@ -21,56 +22,6 @@ from inferpool.settings import Settings, get_settings
 from inferpool.versions import warn_untested_versions
 
 logger = logging.getLogger(__name__)
-
-
-class BodyLimit:
-    """Refuse bodies over the limit with 413, by Content-Length or while streaming, before parsing.
-
-    A streamed body crosses the limit inside whatever is reading it (FastAPI turns a failed read
-    into a 400, the form parser into its own error), so once over, the app's own answer is
-    dropped and the 413 sent in its place.
-    """
-
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await self._too_large(scope, receive, send)
-        seen = 0
-        over = started = False
-
-        async def limited():
-            nonlocal seen, over
-            msg = await receive()
-            seen += len(msg.get("body", b""))
-            if seen > self.max_bytes:
-                over = True
-                raise errors.PayloadTooLarge(f"body over {self.max_bytes} bytes")
-            return msg
-
-        async def guarded(msg):
-            nonlocal started
-            if over:
-                return
-            started = started or msg["type"] == "http.response.start"
-            await send(msg)
-
-        try:
-            await self.app(scope, limited, guarded)
-        except Exception:
-            if not over:
-                raise
-        if over and not started:
-            await self._too_large(scope, receive, send)
-
-    async def _too_large(self, scope, receive, send):
-        resp = errors.error_response(413, "payload_too_large", f"body over {self.max_bytes} bytes")
-        await resp(scope, receive, send)
 
 
 class RequestMetrics:
@@ -133,12 +84,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         default_response_class=OrjsonResponse,
     )
-    app.state.api_keys, app.state.admin_keys = load_tables(s)
+    app.state.keys = load_tables(s)
     errors.install(app)
     app.include_router(predict.router)
     app.include_router(jobs.router)
     app.include_router(ops.router)
     app.add_route("/metrics", telemetry.metrics_endpoint, include_in_schema=False)
+    # Outermost last: every request is counted (refusals too), then checked at the edge before any route.
+    app.add_middleware(
+        EdgeGuard, keys=app.state.keys, call_limit_bytes=s.max_call_body_bytes, job_limit_bytes=s.max_body_bytes
+    )
     app.add_middleware(RequestMetrics)
-    app.add_middleware(BodyLimit, max_bytes=s.max_body_bytes)
     return app

@@ -62,7 +62,10 @@ class Settings(BaseSettings):
     predict_timeout_s: float = 10.0
     max_rows_per_request: int = 1024
     max_rows_per_job: int = 1_000_000
-    max_body_bytes: int = 200 * 1024 * 1024
+    max_body_bytes: int = 200 * 1024 * 1024  # POST /v1/jobs
+    # Every other route (the one-call /predict, /v1/predict, /v1/feedback): 1,024 rows of 20 features are
+    # ~0.4 MiB of JSON. Both limits refuse by Content-Length before a byte is read, and count streamed bytes.
+    max_call_body_bytes: int = 1024 * 1024
     max_work_ms: int = 10_000
     # Backpressure: shed new work when the oldest waiting message is older than
     # this (predict route) or than job_max_wait_s (job route), or the backlog is over the cap.
@@ -75,6 +78,9 @@ class Settings(BaseSettings):
         None, description="Comma-separated key_id:secret pairs; when set, every /v1 and /predict call needs one."
     )
     admin_keys: SecretStr | None = Field(None, description="key_id:secret pairs allowed to call admin routes.")
+    # on: the API refuses to start without INFERPOOL_API_KEYS (compose and `inferpool up` run so); off: data
+    # routes open on purpose, keys ignored there; unset: keys required once configured, a warning otherwise.
+    auth: Literal["on", "off"] | None = None
     flower_user: str | None = None
     flower_password: SecretStr | None = None
     audit_ttl_s: int = 7 * 24 * 3600
@@ -161,6 +167,18 @@ class Settings(BaseSettings):
         if not 0 < v <= 1:
             raise ValueError("must be a fraction in (0, 1]")
         return v
+
+    @field_validator("max_call_body_bytes")
+    @classmethod
+    def _above_zero(cls, v: float | None) -> float | None:
+        if v is not None and v <= 0:
+            raise ValueError("must be above 0")
+        return v
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _on_off(cls, v: object) -> object:
+        return (v.strip().lower() or None) if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _delivery_limits(self) -> Settings:

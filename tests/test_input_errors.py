@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 N_FEATURES = 20
-MAX_BODY_BYTES = 256 * 1024
+MAX_BODY_BYTES = 256 * 1024  # /v1/jobs
+MAX_CALL_BODY_BYTES = 64 * 1024  # every other route
 MAX_ROWS_PER_REQUEST = 64
 MAX_ROWS_PER_JOB = 2000
 MAX_WORK_MS = 500
@@ -32,6 +33,7 @@ def limited(stack) -> Iterator[httpx.Client]:
     shared_url = stack.url
     url = stack.start_api(
         INFERPOOL_MAX_BODY_BYTES=str(MAX_BODY_BYTES),
+        INFERPOOL_MAX_CALL_BODY_BYTES=str(MAX_CALL_BODY_BYTES),
         INFERPOOL_MAX_ROWS_PER_REQUEST=str(MAX_ROWS_PER_REQUEST),
         INFERPOOL_MAX_ROWS_PER_JOB=str(MAX_ROWS_PER_JOB),
         INFERPOOL_MAX_WORK_MS=str(MAX_WORK_MS),
@@ -170,17 +172,28 @@ def test_npz_archive_is_refused(limited):
     assert_error(r, 400, "body", "npz")
 
 
+def rows_body(min_bytes: int) -> bytes:
+    """Valid rows (long numbers: few enough rows to stay under the row limit) past ``min_bytes``."""
+    row = b"[" + b",".join([b"0.123456789012345"] * N_FEATURES) + b"]"
+    return b'{"instances": [' + b",".join([row] * (min_bytes // len(row) + 2)) + b"]}"
+
+
+def chunked(body: bytes) -> Iterator[bytes]:  # no Content-Length: the limit must hold while streaming too
+    for i in range(0, len(body), 16 * 1024):
+        yield body[i : i + 16 * 1024]
+
+
 def test_body_over_the_limit_is_413_declared_or_streamed(limited):
-    big = b'{"instances": [' + b"[0.5]," * (MAX_BODY_BYTES // 6 + 10) + b"[0.5]]}"
-
-    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit must hold while streaming too
-        for i in range(0, len(big), 16 * 1024):
-            yield big[i : i + 16 * 1024]
-
-    for route in ("/v1/predict", "/v1/jobs", "/predict", "/v1/feedback"):
-        assert_error(limited.post(route, content=big, headers={"content-type": "application/json"}), 413)
-        assert_error(limited.post(route, content=chunks(), headers={"content-type": "application/json"}), 413)
-    files = {"file": ("big.csv", big, "text/csv")}
+    """Each route has its limit: the one-call routes kilobytes, jobs megabytes."""
+    json_type = {"content-type": "application/json"}
+    for route, limit in (("/v1/predict", MAX_CALL_BODY_BYTES), ("/v1/jobs", MAX_BODY_BYTES),
+                         ("/predict", MAX_CALL_BODY_BYTES), ("/v1/feedback", MAX_CALL_BODY_BYTES)):  # fmt: skip
+        big = rows_body(limit)
+        assert_error(limited.post(route, content=big, headers=json_type), 413, says=f"over {limit} bytes")
+        assert_error(limited.post(route, content=chunked(big), headers=json_type), 413)
+    # Under the jobs' limit but over the one-call routes' one.
+    assert_error(limited.post("/v1/predict", content=rows_body(MAX_BODY_BYTES // 2), headers=json_type), 413)
+    files = {"file": ("big.csv", rows_body(MAX_BODY_BYTES), "text/csv")}
     assert_error(limited.post("/v1/jobs", files=files), 413)
     assert_still_serving(limited)
 

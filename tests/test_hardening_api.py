@@ -1,0 +1,96 @@
+"""Issue 12 at the API's edge, on real processes: strangers refused before the body, bodies parsed without
+multiplying memory, one job per Idempotency-Key, TTLs that follow the work, keys on by default, quotas.
+
+Timing is never asserted (the machine is shared): a refusal "before the body" is one that arrives while
+no body byte has been sent. bench/hardening.py measures the figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import socket
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+
+N_FEATURES = 20
+ALICE, BOB = "sk-alice-hardening-41c2", "sk-bob-hardening-9e07"
+ROW = [0.5] * N_FEATURES
+MB = 1024 * 1024
+
+
+def extra_api(stack, **env: str) -> tuple[str, object]:
+    """Another API process on the shared stack's Redis and workers; (url, its Proc)."""
+    shared_url = stack.url
+    url = stack.start_api(INFERPOOL_API_KEYS=f"alice:{ALICE},bob:{BOB}", **env)
+    stack.url = shared_url  # start_api records the newest API; other tests keep using the shared one
+    return url, stack.procs[-1]
+
+
+@pytest.fixture(scope="module")
+def keyed(stack) -> Iterator[str]:
+    """An API process with keys, on the shared stack."""
+    url, proc = extra_api(stack)
+    yield url
+    proc.stop()
+
+
+@contextlib.contextmanager
+def proc_stopped(proc) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        proc.stop()
+
+
+def client(url: str, key: str | None = ALICE) -> httpx.Client:
+    return httpx.Client(base_url=url, timeout=60, headers={"X-API-Key": key} if key else {})
+
+
+def npy(X: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, X)
+    return buf.getvalue()
+
+
+def raw_exchange(url: str, head: str) -> tuple[int, bytes]:
+    """Send a request's line and headers, no body byte; (status, whole answer) once the API hangs up.
+
+    An API that waited for the body would answer nothing: the socket's timeout fails the test.
+    """
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=15) as sock:
+        sock.sendall(head.encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return int(answer.split()[1]), answer
+
+
+def headers_only(path: str, key: str | None, length: int | None) -> str:
+    framing = f"content-length: {length}" if length is not None else "transfer-encoding: chunked"
+    auth = f"x-api-key: {key}\r\n" if key is not None else ""
+    return f"POST {path} HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n{framing}\r\n{auth}\r\n"
+
+
+# --- 1. authenticate before reading the body; a limit per route -----------------------------------------
+def test_a_stranger_is_refused_before_one_body_byte_is_read(keyed):
+    for path in ("/v1/jobs", "/v1/predict", "/predict", "/v1/feedback"):
+        for key, length in (("wrong-key", 100 * MB), (None, 100 * MB), ("wrong-key", None)):
+            status, answer = raw_exchange(keyed, headers_only(path, key, length))
+            assert status == 401, (path, key, answer[:300])
+            assert b"connection: close" in answer.lower() and b'"unauthorized"' in answer
+    with client(keyed) as c:  # and the API is still there for everyone else
+        assert c.post("/v1/predict", json={"instances": [ROW]}).status_code == 200
+
+
+def test_each_route_has_its_body_limit_refused_by_declared_length(keyed):
+    """The one-call routes take kilobytes (1 MiB by default), jobs megabytes: refused before the body."""
+    for path in ("/v1/predict", "/predict", "/v1/feedback"):
+        status, answer = raw_exchange(keyed, headers_only(path, ALICE, 2 * MB))
+        assert status == 413 and b"over 1048576 bytes" in answer, (path, answer[:300])
+    status, answer = raw_exchange(keyed, headers_only("/v1/jobs", ALICE, 300 * MB))
+    assert status == 413 and b"over 209715200 bytes" in answer
