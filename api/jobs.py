@@ -40,6 +40,9 @@ def _f(v: bytes | None) -> float | None:
 
 # Hex digits of the tag that makes a slice id unguessable: 128 bits.
 SLICE_TAG_HEX = 32
+# Rows staged while a body still arrives keep at least this long: an upload may take minutes, and a job never
+# committed (its submit failed part way) is cleaned up by this TTL.
+STAGE_TTL_MIN_S = 600
 
 
 class JobStore:
@@ -51,6 +54,7 @@ class JobStore:
         self.dispatcher = dispatcher
         self.chunk_rows = chunk_rows
         self.ttl_s = ttl_s
+        self.stage_ttl_s = max(ttl_s, STAGE_TTL_MIN_S)
         self._id_secret = id_secret.encode() if id_secret else None
 
     # --- slices of micro-batches ------------------------------------------------
@@ -76,31 +80,38 @@ class JobStore:
         # 160 random bits from the OS CSPRNG: job ids are bearer tokens for their results.
         return secrets.token_hex(20)
 
-    async def create(self, job_id: str, X: np.ndarray, work_ms: int, model_version: str, key_id: str) -> int:
-        """Store the rows, record the job, publish its chunks, then accept it. Returns the chunk count.
+    async def stage(self, job_id: str, chunk: int, rows: np.ndarray) -> None:
+        """Store one chunk of a job's rows while its body is still arriving (before ``commit``)."""
+        await self.redis.set(keys.job_input(job_id, chunk), codec.rows_to_bytes(rows), ex=self.stage_ttl_s)
+
+    async def discard(self, job_id: str, n_chunks: int) -> None:
+        """Drop the chunks staged for a job that will not be committed (its body broke a rule)."""
+        if n_chunks:
+            await self.redis.delete(*(keys.job_input(job_id, k) for k in range(n_chunks)))
+
+    async def commit(
+        self, job_id: str, n_rows: int, n_chunks: int, work_ms: int, model_version: str, key_id: str
+    ) -> None:
+        """Record a job whose chunks are all staged, publish its chunks, then accept it.
 
         If Redis fails part way the caller gets the error (503) and the job is not accepted; a retry
         with the same Idempotency-Key finishes it (see ``resume``).
         """
-        n = X.shape[0]
-        n_chunks = (n + self.chunk_rows - 1) // self.chunk_rows
-        now = time.time()
-        pipe = self.redis.pipeline(transaction=True)  # rows and job hash together, or neither
-        for k in range(n_chunks):
-            part = X[k * self.chunk_rows : (k + 1) * self.chunk_rows]
-            pipe.set(keys.job_input(job_id, k), codec.rows_to_bytes(part), ex=self.ttl_s)
+        pipe = self.redis.pipeline(transaction=True)
         pipe.hset(
             keys.job(job_id),
             mapping={
-                "status": JobStatus.queued.value, "n_rows": n, "n_chunks": n_chunks, "rows_done": 0,
-                "chunks_done": 0, "chunk_rows": self.chunk_rows, "submitted": now, "work_ms": work_ms,
+                "status": JobStatus.queued.value, "n_rows": n_rows, "n_chunks": n_chunks, "rows_done": 0,
+                "chunks_done": 0, "chunk_rows": self.chunk_rows, "submitted": time.time(), "work_ms": work_ms,
                 "model_version": model_version, "key_id": key_id,
             },
         )  # fmt: skip
         pipe.expire(keys.job(job_id), self.ttl_s)
         await pipe.execute()
-        await self._publish_and_accept(job_id, n, n_chunks, work_ms)
-        return n_chunks
+        await self._publish_and_accept(job_id, n_rows, n_chunks, work_ms)
+
+    async def exists(self, job_id: str) -> bool:
+        return bool(await self.redis.exists(keys.job(job_id)))
 
     async def resume(self, job_id: str) -> bool:
         """Finish accepting a job stored by an earlier request that failed part way; False if none is stored.

@@ -11,10 +11,13 @@ import contextlib
 import io
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+
+from tests.support.jobs import wait_job
 
 N_FEATURES = 20
 ALICE, BOB = "sk-alice-hardening-41c2", "sk-bob-hardening-9e07"
@@ -94,3 +97,37 @@ def test_each_route_has_its_body_limit_refused_by_declared_length(keyed):
         assert status == 413 and b"over 1048576 bytes" in answer, (path, answer[:300])
     status, answer = raw_exchange(keyed, headers_only("/v1/jobs", ALICE, 300 * MB))
     assert status == 413 and b"over 209715200 bytes" in answer
+
+
+# --- 2. parsing that neither stalls nor multiplies memory --------------------------------------------
+def _status_kb(pid: int, name: str) -> int:
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith(name + ":"))
+    return int(line.split()[1])
+
+
+def peak_growth(pid: int, send) -> tuple[httpx.Response, int]:
+    """(answer, peak RSS growth in bytes) of the API process while ``send()`` runs."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # the peak (VmHWM) starts again from the RSS now
+    before = _status_kb(pid, "VmRSS")
+    r = send()
+    return r, (_status_kb(pid, "VmHWM") - before) * 1024
+
+
+def test_job_bodies_never_multiply_the_api_memory(stack, keyed):
+    """The issue's CSV (one column, one value a line: 60x the body before) and an accepted JSON body."""
+    pid = next(p for p in stack.procs if p.name == "api" and keyed.endswith(str(p.popen.args[-1]))).popen.pid
+    one_column = b"0.5\n" * (5 * MB)  # 20 MiB
+    X = np.random.default_rng(12).normal(size=(40_000, N_FEATURES))
+    as_json = str({"instances": X.tolist()}).replace("'", '"').encode()  # ~16 MiB
+    with client(keyed) as c:
+        r, growth = peak_growth(
+            pid, lambda: c.post("/v1/jobs", content=one_column, headers={"content-type": "text/csv"})
+        )
+        assert r.status_code == 422 and r.json()["field"] == "instances", r.text
+        assert growth <= 3 * len(one_column), f"{growth / MB:.0f} MiB for a {len(one_column) / MB:.0f} MiB body"
+        send = lambda: c.post("/v1/jobs", content=as_json, headers={"content-type": "application/json"})  # noqa: E731
+        r, growth = peak_growth(pid, send)
+        assert r.status_code == 202, r.text
+        assert growth <= 3 * len(as_json), f"{growth / MB:.0f} MiB for a {len(as_json) / MB:.0f} MiB body"
+        view = wait_job(c, r.json()["job_id"])
+    assert view["status"] == "succeeded" and len(view["predictions"]) == len(X)

@@ -130,7 +130,8 @@ CASES = {
     "jobs-work-too-large": ("/v1/jobs", {"json": {"instances": [ROW], "work_ms": MAX_WORK_MS + 1}}, 422, "work_ms", f"at most {MAX_WORK_MS}"),
     "jobs-work-query-negative": ("/v1/jobs?work_ms=-1", csv_body(ROW_JSON + ",0.5"), 422, "work_ms", None),
     "jobs-work-query-too-large": (f"/v1/jobs?work_ms={MAX_WORK_MS + 1}", csv_body(ROW_JSON + ",0.5"), 422, "work_ms", None),
-    "jobs-malformed": ("/v1/jobs", raw_json('{"instances": [[0.5, 0.5]'), 400, "body", "not valid JSON"),
+    # A valid row, then the body ends (a first row of the wrong width would be refused for that first: 422).
+    "jobs-malformed": ("/v1/jobs", raw_json(f'{{"instances": [[0.5,{ROW_JSON}]'), 400, "body", "not valid JSON"),
     "jobs-not-utf8-json": ("/v1/jobs", {"content": b'{"instances": "\xff\xfe"}', "headers": {"content-type": "application/json"}}, 400, "body", None),
     "jobs-deeply-nested": ("/v1/jobs", raw_json("[" * 5000 + "]" * 5000), 400, "body", None),
     "jobs-text-plain": ("/v1/jobs", {"content": b"0.5", "headers": {"content-type": "text/plain"}}, 415, "content-type", None),

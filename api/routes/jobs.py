@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
-from starlette.datastructures import UploadFile
 
-from api import inputs
+from api import intake
+from api.intake.rows import RowSink
+from api.jobs import JobStore
 from api.responses import OrjsonResponse
 from api.schemas import ErrorBody, JobAccepted, JobView
 from api.security import api_key_header, caller
 from api.state import JOB_QUEUES, ApiState
 from inferpool import audit, keys, metrics
-from inferpool.errors import InputError, Overloaded, UnsupportedMediaType
+from inferpool.errors import InputError, Overloaded
 
 logger = logging.getLogger(__name__)
 
@@ -48,45 +49,9 @@ JOB_BODY = {
     }
 }  # fmt: skip
 
-# Bodies above this are parsed on a thread so the event loop keeps serving.
-PARSE_INLINE_MAX_BYTES = 64 * 1024
-
 
 def _state(request: Request) -> ApiState:
     return request.app.state.api
-
-
-async def _run(fn, body: bytes):
-    return fn(body) if len(body) <= PARSE_INLINE_MAX_BYTES else await asyncio.to_thread(fn, body)
-
-
-async def _read_rows(request: Request, work_ms_q: int | None) -> tuple[np.ndarray, int]:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "multipart/form-data":
-        form = await request.form()
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise InputError("file", "multipart upload needs a 'file' part (.csv, .npy or .json)")
-        body = await upload.read()
-        name = (upload.filename or "").lower()
-        ctype = {"csv": "text/csv", "npy": "application/x-npy", "json": "application/json"}.get(
-            name.rsplit(".", 1)[-1], upload.content_type or ""
-        )
-    else:
-        body = await request.body()
-    if ctype in ("application/json", ""):
-        X, work_ms = await _run(inputs.parse_json_job, body)
-        return X, work_ms if work_ms_q is None else work_ms_q
-    if ctype in ("text/csv", "application/csv"):
-        return await _run(inputs.parse_csv, body), work_ms_q or 0
-    if ctype in ("application/x-npy", "application/octet-stream"):
-        return await _run(inputs.parse_npy, body), work_ms_q or 0
-    raise _Unsupported(ctype)
-
-
-class _Unsupported(Exception):
-    def __init__(self, ctype: str) -> None:
-        self.ctype = ctype
 
 
 @router.post(
@@ -103,44 +68,69 @@ async def submit(
     work_ms: int | None = Query(None, ge=0, description="Simulated work per chunk, for CSV/.npy bodies."),
     key_id: str = Depends(caller),
 ) -> OrjsonResponse:
-    """Accept a job of any size; chunks run in parallel on the workers. Poll the status URL."""
+    """Accept a job of any size; chunks run in parallel on the workers. Poll the status URL.
+
+    The body is read as it arrives and refused at its first bad row.
+    """
     st = _state(request)
     s = st.settings
-    try:
-        X, work = await _read_rows(request, work_ms)
-    except _Unsupported as exc:
-        msg = f"{exc.ctype!r} is not accepted here: send JSON, CSV or .npy"
-        raise UnsupportedMediaType("content-type", msg) from None
-    m = st.manifest()
-    inputs.check_rows(X, m.n_features, s.max_rows_per_job, "instances")
-    if work > s.max_work_ms:
-        raise InputError("work_ms", f"at most {s.max_work_ms} ms")
+    plan = intake.plan_for(request, work_ms)  # 415 before a byte is read
     try:
         await st.admit(JOB_QUEUES, s.job_max_wait_s)
     except Overloaded:
         metrics.REQUESTS_SHED.labels(route="/v1/jobs", reason="wait").inc()
         raise
-    job_id = st.jobs.new_id()
-    idem = request.headers.get("idempotency-key")
-    if idem:
-        if len(idem) > 200:
-            raise InputError("Idempotency-Key", "at most 200 characters")
-        idem_key = keys.idempotency(key_id, idem)
-        if not await st.redis.set(idem_key, job_id, nx=True, ex=s.result_ttl_s):
-            existing = (await st.redis.get(idem_key) or b"").decode()
-            # The same key returns the same job; one whose first submit failed part way is finished now.
-            if existing and await st.jobs.resume(existing):
-                view = await st.jobs.get(existing, with_predictions=False)
-                return _accepted(existing, view.status.value, view.progress.rows_total, 200)
-            await st.redis.set(idem_key, job_id, ex=s.result_ttl_s)  # nothing was stored under it: take it over
-    await st.jobs.create(job_id, X, work, m.version, key_id)
+    m = st.manifest()
+    job_id = JobStore.new_id()
+    sink = RowSink(m.n_features, s.max_rows_per_job, s.job_chunk_rows)
+    staged = 0
+
+    async def stage(k: int, rows: np.ndarray) -> None:
+        nonlocal staged
+        await st.jobs.stage(job_id, k, rows)
+        staged = k + 1
+
+    try:
+        received = await intake.receive(request, plan, sink, stage)
+        work = plan.query_work_ms if plan.query_work_ms is not None else (received.work_ms or 0)
+        if work > s.max_work_ms:
+            raise InputError("work_ms", f"at most {s.max_work_ms} ms")
+        existing = await _idempotent(request, st, key_id, job_id)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await st.jobs.discard(job_id, staged)
+        raise
+    if existing is not None:
+        await st.jobs.discard(job_id, staged)
+        return existing
+    await st.jobs.commit(job_id, received.n_rows, received.n_chunks, work, m.version, key_id)
     metrics.JOBS_ACCEPTED.labels(route="/v1/jobs").inc()
     try:
-        await audit.record(st.redis, job_id, key_id, m.version, X.shape[0], s.audit_ttl_s)
+        await audit.record(st.redis, job_id, key_id, m.version, received.n_rows, s.audit_ttl_s)
     except Exception as exc:
         # The job is accepted and will run: answering 503 now would have the client submit it twice.
         logger.error("audit record of job %s not written: %s", job_id, type(exc).__name__)
-    return _accepted(job_id, "queued", X.shape[0], 202)
+    return _accepted(job_id, "queued", received.n_rows, 202)
+
+
+async def _idempotent(request: Request, st: ApiState, key_id: str, job_id: str) -> OrjsonResponse | None:
+    """The answer for an Idempotency-Key already used (its job), or None to go on with this job."""
+    idem = request.headers.get("idempotency-key")
+    if not idem:
+        return None
+    if len(idem) > 200:
+        raise InputError("Idempotency-Key", "at most 200 characters")
+    idem_key = keys.idempotency(key_id, idem)
+    ttl = st.settings.result_ttl_s
+    if await st.redis.set(idem_key, job_id, nx=True, ex=ttl):
+        return None
+    existing = (await st.redis.get(idem_key) or b"").decode()
+    # The same key returns the same job; one whose first submit failed part way is finished now.
+    if existing and await st.jobs.resume(existing):
+        view = await st.jobs.get(existing, with_predictions=False)
+        return _accepted(existing, view.status.value, view.progress.rows_total, 200)
+    await st.redis.set(idem_key, job_id, ex=ttl)  # nothing was stored under it: take it over
+    return None
 
 
 def _accepted(job_id: str, status: str, rows: int, code: int) -> OrjsonResponse:
