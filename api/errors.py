@@ -32,6 +32,10 @@ class PayloadTooLarge(InferpoolError):
     """Raised when a request body exceeds the configured limit."""
 
 
+class Conflict(InferpoolError):
+    """Raised when another request with the same Idempotency-Key is still being accepted; retry shortly."""
+
+
 def error_response(status: int, error: str, message: str, headers: dict | None = None, **extra) -> OrjsonResponse:
     body = {"error": error, "message": message, **{k: v for k, v in extra.items() if v is not None}}
     return OrjsonResponse(body, status_code=status, headers=headers)
@@ -71,6 +75,8 @@ async def _inferpool(request: Request, exc: InferpoolError) -> OrjsonResponse:
     if isinstance(exc, Overloaded):
         retry = str(max(1, math.ceil(exc.retry_after_s)))
         return error_response(429, "overloaded", str(exc), headers={"Retry-After": retry})
+    if isinstance(exc, Conflict):
+        return error_response(409, "conflict", str(exc), headers={"Retry-After": "1"})
     if isinstance(exc, BrokerUnavailable):
         return error_response(503, "unavailable", str(exc), headers={"Retry-After": "1"})
     if isinstance(exc, ResultTimeout):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from api.batcher import Batcher
 from api.dispatch import Dispatcher
+from api.idempotency import Claims
 from api.jobs import JobStore
 from inferpool import keys, queues, redis_fit, status
 from inferpool.errors import BrokerUnavailable, ModelError, Overloaded
@@ -56,6 +57,7 @@ class ApiState:
     dispatcher: Dispatcher
     batcher: Batcher
     jobs: JobStore
+    claims: Claims
     _manifest: Manifest | None = None
     _snapshot: queues.Snapshot | None = None
     _capacity: Capacity = field(default_factory=lambda: Capacity({}, {}))
@@ -176,7 +178,10 @@ def build_state(settings: Settings, aredis) -> ApiState:
     )
     secret = settings.job_id_secret.get_secret_value() if settings.job_id_secret else None
     jobs = JobStore(aredis, dispatcher, settings.job_chunk_rows, settings.result_ttl_s, secret)
-    state = ApiState(settings=settings, redis=aredis, dispatcher=dispatcher, batcher=batcher, jobs=jobs)
+    state = ApiState(
+        settings=settings, redis=aredis, dispatcher=dispatcher, batcher=batcher, jobs=jobs,
+        claims=Claims(aredis, settings.result_ttl_s),
+    )  # fmt: skip
     try:
         state.manifest()
     except ModelError as exc:

@@ -10,14 +10,20 @@ from __future__ import annotations
 import contextlib
 import io
 import socket
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from api import intake
+from inferpool import keys
 from tests.support.jobs import wait_job
+from tests.support.waiting import wait_until
 
 N_FEATURES = 20
 ALICE, BOB = "sk-alice-hardening-41c2", "sk-bob-hardening-9e07"
@@ -131,3 +137,74 @@ def test_job_bodies_never_multiply_the_api_memory(stack, keyed):
         assert growth <= 3 * len(as_json), f"{growth / MB:.0f} MiB for a {len(as_json) / MB:.0f} MiB body"
         view = wait_job(c, r.json()["job_id"])
     assert view["status"] == "succeeded" and len(view["predictions"]) == len(X)
+
+
+# --- 3. atomic idempotency ------------------------------------------------------------------------------
+def test_one_job_per_idempotency_key_under_concurrency(keyed, stack):
+    body = npy(np.random.default_rng(3).normal(size=(50_000, N_FEATURES)))  # 8 MB: accepting takes a while
+    ledger = stack.client.hget(keys.LEDGER, "accepted")
+    headers = {"content-type": "application/x-npy", "Idempotency-Key": "batch-2024-07-01"}
+
+    def submit(_: int) -> httpx.Response:
+        with client(keyed) as c:
+            return c.post("/v1/jobs", content=body, headers=headers)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(submit, range(8)))
+    codes = sorted(r.status_code for r in answers)
+    assert set(codes) <= {200, 202, 409} and codes.count(202) == 1, [r.text[:200] for r in answers]
+    assert len({r.json()["job_id"] for r in answers if r.status_code in (200, 202)}) == 1
+    assert all(r.headers["retry-after"] == "1" for r in answers if r.status_code == 409)
+    assert int(stack.client.hget(keys.LEDGER, "accepted")) == int(ledger or 0) + 1
+
+
+def test_idempotency_key_in_flight_is_409_and_another_body_422(keyed, stack):
+    X = np.random.default_rng(4).normal(size=(10, N_FEATURES))
+    body = str({"instances": X.tolist()}).replace("'", '"').encode()
+    go = threading.Event()
+
+    def slow_body() -> Iterator[bytes]:  # the first request stays "being accepted" until told
+        yield body[:10]
+        go.wait(20)
+        yield body[10:]
+
+    headers = {"content-type": "application/json", "Idempotency-Key": "order-77"}
+    first: list[httpx.Response] = []
+    with client(keyed) as c, client(keyed) as other:
+        t = threading.Thread(target=lambda: first.append(c.post("/v1/jobs", content=slow_body(), headers=headers)))
+        t.start()
+        try:
+            claim = keys.idempotency("alice", "order-77")
+            wait_until(lambda: (stack.client.get(claim) or b"").startswith(b"pending "), 10, "the key's claim")
+            meanwhile = other.post("/v1/jobs", content=body, headers=headers)
+            assert meanwhile.status_code == 409 and meanwhile.json()["error"] == "conflict", meanwhile.text
+        finally:
+            go.set()
+            t.join()
+        assert first[0].status_code == 202, first[0].text
+        again = other.post("/v1/jobs", content=body, headers=headers)
+        assert again.status_code == 200 and again.json()["job_id"] == first[0].json()["job_id"]
+        changed = other.post("/v1/jobs", content=body.replace(b"[[", b"[[1.0,", 1), headers=headers)
+        assert changed.status_code == 422 and changed.json()["field"] == "Idempotency-Key", changed.text
+
+
+def test_a_retry_finishes_a_submit_that_stored_its_job_then_failed(keyed, stack, reference_model):
+    """Rows and job stored, chunks never published (Redis failed part way): the claim records the job and
+    the body's digest; the retry with the same body publishes it, counted once."""
+    X = np.random.default_rng(5).normal(size=(6, N_FEATURES))
+    body = npy(X)
+    job_id, r = "f" * 40, stack.client
+    r.set(keys.job_input(job_id, 0), X.astype(np.float32).tobytes(), ex=600)
+    r.hset(keys.job(job_id), mapping={"status": "queued", "n_rows": 6, "n_chunks": 1, "rows_done": 0,
+                                      "chunks_done": 0, "submitted": time.time(), "work_ms": 0,
+                                      "model_version": "x", "key_id": "alice"})  # fmt: skip
+    r.expire(keys.job(job_id), 600)
+    digest = intake.new_digest("npy", None)
+    digest.update(body)
+    r.set(keys.idempotency("alice", "half-way-2"), f"done {job_id} {digest.hexdigest()}", ex=600)
+    with client(keyed) as c:
+        retry = c.post(
+            "/v1/jobs", content=body, headers={"content-type": "application/x-npy", "Idempotency-Key": "half-way-2"}
+        )
+        assert retry.status_code == 200 and retry.json()["job_id"] == job_id, retry.text
+        assert wait_job(c, job_id)["predictions"] == reference_model.predict(X).tolist()

@@ -9,13 +9,15 @@ import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 
 from api import intake
+from api.errors import Conflict
+from api.idempotency import Claim, ClaimState
 from api.intake.rows import RowSink
 from api.jobs import JobStore
 from api.responses import OrjsonResponse
 from api.schemas import ErrorBody, JobAccepted, JobView
 from api.security import api_key_header, caller
 from api.state import JOB_QUEUES, ApiState
-from inferpool import audit, keys, metrics
+from inferpool import audit, metrics
 from inferpool.errors import InputError, Overloaded
 
 logger = logging.getLogger(__name__)
@@ -59,9 +61,9 @@ def _state(request: Request) -> ApiState:
     status_code=202,
     response_model=JobAccepted,
     openapi_extra=JOB_BODY,
-    responses={400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 413: {"model": ErrorBody},
-               415: {"model": ErrorBody}, 422: {"model": ErrorBody}, 429: {"model": ErrorBody},
-               503: {"model": ErrorBody}},
+    responses={400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 409: {"model": ErrorBody},
+               413: {"model": ErrorBody}, 415: {"model": ErrorBody}, 422: {"model": ErrorBody},
+               429: {"model": ErrorBody}, 503: {"model": ErrorBody}},
 )  # fmt: skip
 async def submit(
     request: Request,
@@ -70,18 +72,56 @@ async def submit(
 ) -> OrjsonResponse:
     """Accept a job of any size; chunks run in parallel on the workers. Poll the status URL.
 
-    The body is read as it arrives and refused at its first bad row.
+    The body is read as it arrives and refused at its first bad row; with an ``Idempotency-Key``, one job
+    per key: a retry gets the same job (200), another body under the key 422, a request made while the
+    first is still being accepted 409.
     """
     st = _state(request)
-    s = st.settings
     plan = intake.plan_for(request, work_ms)  # 415 before a byte is read
+    idem = request.headers.get("idempotency-key")
+    claim = await _claim(st, key_id, idem) if idem else None  # an empty key is no key
+    if claim is not None and claim.state is ClaimState.DONE:
+        return await _replay(request, st, plan, claim)
+    try:
+        async with st.claims.held(claim) if claim is not None else contextlib.nullcontext():
+            return await _accept(request, st, plan, key_id, claim)
+    finally:
+        if claim is not None and claim.state is ClaimState.NEW:  # no job recorded under the key: free it
+            with contextlib.suppress(Exception):
+                await st.claims.release(claim)
+
+
+async def _claim(st: ApiState, key_id: str, idem: str) -> Claim:
+    claim = await st.claims.take(key_id, idem, JobStore.new_id())
+    if claim.state is ClaimState.DONE and not await st.jobs.exists(claim.job_id):
+        await st.claims.release(claim)  # its job expired: the key starts afresh
+        claim = await st.claims.take(key_id, idem, JobStore.new_id())
+    if claim.state is ClaimState.PENDING:
+        raise Conflict("a request with this Idempotency-Key is still being accepted; retry in a moment")
+    return claim
+
+
+async def _replay(request: Request, st: ApiState, plan: intake.Plan, claim: Claim) -> OrjsonResponse:
+    """A request with the key of an accepted job: the same body gets the job, another body a 422."""
+    received = await intake.receive(request, plan, sink=None, store=None)  # hashed, not parsed
+    if claim.digest is not None and received.digest != claim.digest:
+        raise InputError("Idempotency-Key", "already used for a job with another body")
+    await st.jobs.resume(claim.job_id)  # finishes a submit that failed after storing its job
+    view = await st.jobs.get(claim.job_id, with_predictions=False)
+    return _accepted(claim.job_id, view.status.value, view.progress.rows_total, 200)
+
+
+async def _accept(
+    request: Request, st: ApiState, plan: intake.Plan, key_id: str, claim: Claim | None
+) -> OrjsonResponse:
+    s = st.settings
     try:
         await st.admit(JOB_QUEUES, s.job_max_wait_s)
     except Overloaded:
         metrics.REQUESTS_SHED.labels(route="/v1/jobs", reason="wait").inc()
         raise
     m = st.manifest()
-    job_id = JobStore.new_id()
+    job_id = claim.job_id if claim is not None else JobStore.new_id()
     sink = RowSink(m.n_features, s.max_rows_per_job, s.job_chunk_rows)
     staged = 0
 
@@ -95,15 +135,16 @@ async def submit(
         work = plan.query_work_ms if plan.query_work_ms is not None else (received.work_ms or 0)
         if work > s.max_work_ms:
             raise InputError("work_ms", f"at most {s.max_work_ms} ms")
-        existing = await _idempotent(request, st, key_id, job_id)
     except BaseException:
         with contextlib.suppress(Exception):
             await st.jobs.discard(job_id, staged)
         raise
-    if existing is not None:
-        await st.jobs.discard(job_id, staged)
-        return existing
-    await st.jobs.commit(job_id, received.n_rows, received.n_chunks, work, m.version, key_id)
+    try:
+        await st.jobs.commit(job_id, received.n_rows, received.n_chunks, work, m.version, key_id)
+    finally:
+        # Stored, even if not yet accepted (Redis failed part way): a retry with the key finishes it.
+        if claim is not None:
+            await st.claims.done(claim, received.digest)
     metrics.JOBS_ACCEPTED.labels(route="/v1/jobs").inc()
     try:
         await audit.record(st.redis, job_id, key_id, m.version, received.n_rows, s.audit_ttl_s)
@@ -111,26 +152,6 @@ async def submit(
         # The job is accepted and will run: answering 503 now would have the client submit it twice.
         logger.error("audit record of job %s not written: %s", job_id, type(exc).__name__)
     return _accepted(job_id, "queued", received.n_rows, 202)
-
-
-async def _idempotent(request: Request, st: ApiState, key_id: str, job_id: str) -> OrjsonResponse | None:
-    """The answer for an Idempotency-Key already used (its job), or None to go on with this job."""
-    idem = request.headers.get("idempotency-key")
-    if not idem:
-        return None
-    if len(idem) > 200:
-        raise InputError("Idempotency-Key", "at most 200 characters")
-    idem_key = keys.idempotency(key_id, idem)
-    ttl = st.settings.result_ttl_s
-    if await st.redis.set(idem_key, job_id, nx=True, ex=ttl):
-        return None
-    existing = (await st.redis.get(idem_key) or b"").decode()
-    # The same key returns the same job; one whose first submit failed part way is finished now.
-    if existing and await st.jobs.resume(existing):
-        view = await st.jobs.get(existing, with_predictions=False)
-        return _accepted(existing, view.status.value, view.progress.rows_total, 200)
-    await st.redis.set(idem_key, job_id, ex=ttl)  # nothing was stored under it: take it over
-    return None
 
 
 def _accepted(job_id: str, status: str, rows: int, code: int) -> OrjsonResponse:
