@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from api import errors
 from api.edge import EdgeGuard
+from api.job_ttl import InflightTtl
 from api.responses import OrjsonResponse
 from api.routes import jobs, ops, predict
 from api.security import load_tables
@@ -65,6 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.api = state
         state.dispatcher.start()
         state.batcher.start()
+        ttl_keeper = InflightTtl(aredis, s.result_ttl_s)
+        ttl_keeper.start()
         try:
             m = state.manifest()
             # The API serves no model: it reports the runtime its workers pick under the same settings.
@@ -73,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except Exception:
             pass
         yield
+        await ttl_keeper.close()
         await state.batcher.close()
         await state.dispatcher.close()
         await aredis.aclose()

@@ -208,3 +208,30 @@ def test_a_retry_finishes_a_submit_that_stored_its_job_then_failed(keyed, stack,
         )
         assert retry.status_code == 200 and retry.json()["job_id"] == job_id, retry.text
         assert wait_job(c, job_id)["predictions"] == reference_model.predict(X).tolist()
+
+
+# --- 4. TTLs that follow the work -----------------------------------------------------------------------
+def test_a_job_queued_longer_than_the_result_ttl_keeps_its_rows(stack_factory, reference_model):
+    st = stack_factory(INFERPOOL_RESULT_TTL_S="1")  # no worker yet: the job waits on its queue
+    X = np.random.default_rng(6).normal(size=(5000, N_FEATURES))  # two chunks
+    seen: dict = {}
+    with httpx.Client(base_url=st.start_api(), timeout=30) as c:
+        job_id = c.post("/v1/jobs", content=npy(X), headers={"content-type": "application/x-npy"}).json()["job_id"]
+        time.sleep(3)  # three TTLs
+        assert st.client.exists(keys.job_input(job_id, 0), keys.job_input(job_id, 1), keys.job(job_id)) == 3
+
+        def watch() -> None:  # results live one TTL (a second here) after the job ends: be there
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and "view" not in seen:
+                r = c.get(f"/v1/jobs/{job_id}")
+                if r.status_code == 200 and r.json()["status"] in ("succeeded", "failed"):
+                    seen.update(view=r.json(), ttl=st.client.ttl(keys.job(job_id)))
+                time.sleep(0.02)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        st.start_worker("online", concurrency=1)
+        watcher.join()
+    assert seen["view"]["status"] == "succeeded" and seen["view"]["predictions"] == reference_model.predict(X).tolist()
+    assert 0 < seen["ttl"] <= 3  # counted from the end of the job: the result TTL and a period
+    assert st.client.zcard(keys.INFLIGHT) == 0
