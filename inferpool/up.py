@@ -11,14 +11,16 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from inferpool import model_store
+from inferpool.client_auth import API_KEY_ENV
 from inferpool.local_redis import LocalRedis
 from inferpool.processes import PROCESSES, ProcessSpec
-from inferpool.settings import get_settings
+from inferpool.settings import Settings, get_settings, parse_keys
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +109,7 @@ def up(ns: argparse.Namespace) -> int:
     if not ns.no_flower and not (s.flower_user and s.flower_password):
         flower_password = secrets.token_urlsafe(12)
         env["INFERPOOL_FLOWER_USER"], env["INFERPOOL_FLOWER_PASSWORD"] = "admin", flower_password
+    api_key = api_key_env(s, env)
 
     sup = Supervisor(env, var / "logs")
     stopping = False
@@ -126,7 +129,7 @@ def up(ns: argparse.Namespace) -> int:
         if not _wait_ready(api, sup):
             print(f"! the API did not become ready within {READY_TIMEOUT_S:g} s; logs in {var / 'logs'}")
             return 1
-        _banner(api, s, flower_password, var)
+        _banner(api, s, flower_password, api_key, var)
         if ns.run:
             return subprocess.call(ns.run, env={**env, "INFERPOOL_API_URL": api})
         while not stopping:
@@ -141,15 +144,51 @@ def up(ns: argparse.Namespace) -> int:
         print("stopped")
 
 
-def _banner(api: str, s, flower_password: str | None, var: Path) -> None:
+@dataclass(frozen=True)
+class ApiKey:
+    """What the banner says about keys: the secret to print (only a generated one) and how it came."""
+
+    secret: str | None
+    origin: str  # "generated", "configured" or "off"
+
+
+def api_key_env(s: Settings, env: dict[str, str]) -> ApiKey:
+    """Keys on by default: with none configured (and INFERPOOL_AUTH not off), generate one, as for Flower.
+
+    The API gets it in INFERPOOL_API_KEYS (key id ``up``); clients started by ``--run`` (the load test of
+    ``make demo``) and the curl line get it as INFERPOOL_API_KEY, the environment variable every client
+    command reads (never argv, where ``ps`` would show it).
+    """
+    if s.auth == "off":
+        return ApiKey(None, "off")
+    configured = parse_keys(s.api_keys)
+    if configured:
+        env.setdefault(API_KEY_ENV, next(iter(configured)))  # for --run; the user knows their own keys
+        return ApiKey(None, "configured")
+    secret = f"ip-{secrets.token_urlsafe(24)}"
+    env["INFERPOOL_API_KEYS"], env["INFERPOOL_AUTH"], env[API_KEY_ENV] = f"up:{secret}", "on", secret
+    return ApiKey(secret, "generated")
+
+
+def _banner(api: str, s, flower_password: str | None, api_key: ApiKey, var: Path) -> None:
     print(f"api      {api}   (OpenAPI docs at {api}/docs, metrics at {api}/metrics)")
+    if api_key.origin == "generated":
+        print(f"api key  {api_key.secret}   (generated, key id 'up'; clients read it from {API_KEY_ENV})")
+    elif api_key.origin == "off":
+        print("api key  none: INFERPOOL_AUTH=off, every data route is open")
     if flower_password:
         print(f"flower   http://{s.api_host}:{s.flower_port}   user admin, password {flower_password} (generated)")
     print(f"logs     {var / 'logs'}")
     cluster = f"http://{s.scaler_metrics_host}:{s.scaler_metrics_port}"
     print(f"metrics  cluster {cluster}/metrics, workers at {cluster}/targets (deploy/prometheus/prometheus.yml)")
     print("try it:")
-    x = ", ".join(["0.5"] * 20)
-    print(f"  curl -s -X POST {api}/predict -H 'content-type: application/json' -d '{{\"X\": [{x}]}}'")
+    print(f"  {curl_example(api, api_key)}")
     print("Ctrl-C stops everything.")
     sys.stdout.flush()
+
+
+def curl_example(api: str, api_key: ApiKey) -> str:
+    x = ", ".join(["0.5"] * 20)
+    key = {"generated": f" -H 'X-API-Key: {api_key.secret}'", "configured": " -H 'X-API-Key: <your key>'"}
+    auth = key.get(api_key.origin, "")
+    return f"curl -s -X POST {api}/predict -H 'content-type: application/json'{auth} -d '{{\"X\": [{x}]}}'"

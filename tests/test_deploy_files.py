@@ -110,9 +110,20 @@ def test_dockerfile_installs_every_package_it_runs():
 @pytest.mark.skipif(not shutil.which("docker-compose"), reason="no docker-compose client (make tools installs it)")
 def test_compose_config_validates():
     """The compose client resolves the file without an engine, and names unset secrets."""
-    env = {"REDIS_PASSWORD": "x", "INFERPOOL_FLOWER_USER": "u", "INFERPOOL_FLOWER_PASSWORD": "p"}
+    env = {
+        "REDIS_PASSWORD": "x", "INFERPOOL_FLOWER_USER": "u", "INFERPOOL_FLOWER_PASSWORD": "p",
+        "INFERPOOL_API_KEYS": "client:secret", "PATH": "/usr/local/bin:/usr/bin:/bin",
+    }  # fmt: skip
     cmd = ["docker-compose", "config", "-q"]
-    r = subprocess.run(cmd, cwd=ROOT, env={**env, "PATH": "/usr/local/bin:/usr/bin:/bin"}, capture_output=True)
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True)
     assert r.returncode == 0, r.stderr.decode()
-    missing = subprocess.run(cmd, cwd=ROOT, env={"PATH": "/usr/local/bin:/usr/bin:/bin"}, capture_output=True)
+    missing = subprocess.run(cmd, cwd=ROOT, env={"PATH": env["PATH"]}, capture_output=True)
     assert missing.returncode != 0 and b"REDIS_PASSWORD" in missing.stderr
+    # API keys are on: no keys, no start, unless the data routes are opened on purpose.
+    no_keys = {k: v for k, v in env.items() if k != "INFERPOOL_API_KEYS"}
+    refused = subprocess.run(cmd, cwd=ROOT, env=no_keys, capture_output=True)
+    assert refused.returncode != 0 and b"INFERPOOL_AUTH=off" in refused.stderr
+    opened = subprocess.run(cmd, cwd=ROOT, env={**no_keys, "INFERPOOL_AUTH": "off", "INFERPOOL_API_KEYS": ""})
+    assert opened.returncode == 0
+    resolved = yaml.safe_load(subprocess.run(cmd[:2], cwd=ROOT, env=env, capture_output=True).stdout)
+    assert resolved["services"]["api"]["environment"]["INFERPOOL_AUTH"] == "on"  # the API refuses empty keys

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -235,3 +238,39 @@ def test_a_job_queued_longer_than_the_result_ttl_keeps_its_rows(stack_factory, r
     assert seen["view"]["status"] == "succeeded" and seen["view"]["predictions"] == reference_model.predict(X).tolist()
     assert 0 < seen["ttl"] <= 3  # counted from the end of the job: the result TTL and a period
     assert st.client.zcard(keys.INFLIGHT) == 0
+
+
+# --- 5. keys on by default ---------------------------------------------------------------------------------
+def test_inferpool_up_generates_a_key_that_its_clients_send(tmp_path, model_dir):
+    """`inferpool up` with no key configured makes one, prints it in the curl line, and hands it to the
+    command it runs (the load test of `make demo`) as INFERPOOL_API_KEY; without it, data routes say 401."""
+    from inferpool.local_redis import free_port
+
+    check = (
+        "import os, httpx; url, key = os.environ['INFERPOOL_API_URL'], os.environ['INFERPOOL_API_KEY'];"
+        "body = {'X': [0.5] * 20};"
+        "assert httpx.post(url + '/predict', json=body, headers={'X-API-Key': key}).status_code == 200;"
+        "assert httpx.post(url + '/predict', json=body).status_code == 401; print('CHECKED')"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERPOOL_") and k != "REDIS_URL"}
+    env.update(
+        INFERPOOL_MODEL_DIR=str(model_dir), INFERPOOL_API_PORT=str(free_port()), INFERPOOL_LOG_LEVEL="WARNING",
+        INFERPOOL_WORKER_METRICS_PORT=str(free_port()), INFERPOOL_ONLINE_CONCURRENCY="1",
+    )  # fmt: skip
+    argv = [sys.executable, "-m", "inferpool.cli", "up", "--var-dir", str(tmp_path / "var"), "--no-flower",
+            "--no-scaler", "--run", sys.executable, "-c", check]  # fmt: skip
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0 and "CHECKED" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    key_line = next(line for line in done.stdout.splitlines() if line.startswith("api key"))
+    secret = key_line.split()[2]
+    assert f"-H 'X-API-Key: {secret}'" in done.stdout  # the curl line carries it
+
+
+def test_the_api_refuses_to_start_with_auth_on_and_no_keys():
+    from api.security import AuthConfigError, load_tables
+    from inferpool.settings import Settings
+
+    with pytest.raises(AuthConfigError, match="INFERPOOL_API_KEYS"):
+        load_tables(Settings(auth="on"))
+    assert not load_tables(Settings(auth="off", api_keys="a:b")).required
+    assert load_tables(Settings(api_keys="a:b")).required
