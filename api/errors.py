@@ -36,6 +36,10 @@ class Conflict(InferpoolError):
     """Raised when another request with the same Idempotency-Key is still being accepted; retry shortly."""
 
 
+class QuotaExceeded(Overloaded):
+    """Raised when a key's quota does not cover a request now; retry after ``retry_after_s``."""
+
+
 def error_response(status: int, error: str, message: str, headers: dict | None = None, **extra) -> OrjsonResponse:
     body = {"error": error, "message": message, **{k: v for k, v in extra.items() if v is not None}}
     return OrjsonResponse(body, status_code=status, headers=headers)
@@ -74,7 +78,8 @@ async def _inferpool(request: Request, exc: InferpoolError) -> OrjsonResponse:
         return error_response(401, "unauthorized", str(exc), headers={"WWW-Authenticate": "ApiKey"})
     if isinstance(exc, Overloaded):
         retry = str(max(1, math.ceil(exc.retry_after_s)))
-        return error_response(429, "overloaded", str(exc), headers={"Retry-After": retry})
+        code = "quota_exceeded" if isinstance(exc, QuotaExceeded) else "overloaded"
+        return error_response(429, code, str(exc), headers={"Retry-After": retry})
     if isinstance(exc, Conflict):
         return error_response(409, "conflict", str(exc), headers={"Retry-After": "1"})
     if isinstance(exc, BrokerUnavailable):

@@ -11,6 +11,7 @@ from api.batcher import Batcher
 from api.dispatch import Dispatcher
 from api.idempotency import Claims
 from api.jobs import JobStore
+from api.quota import Quotas
 from inferpool import keys, queues, redis_fit, status
 from inferpool.errors import BrokerUnavailable, ModelError, Overloaded
 from inferpool.model_store import Manifest, read_manifest
@@ -57,6 +58,7 @@ class ApiState:
     dispatcher: Dispatcher
     batcher: Batcher
     jobs: JobStore
+    quotas: Quotas
     claims: Claims
     _manifest: Manifest | None = None
     _snapshot: queues.Snapshot | None = None
@@ -180,7 +182,7 @@ def build_state(settings: Settings, aredis) -> ApiState:
     jobs = JobStore(aredis, dispatcher, settings.job_chunk_rows, settings.result_ttl_s, secret)
     state = ApiState(
         settings=settings, redis=aredis, dispatcher=dispatcher, batcher=batcher, jobs=jobs,
-        claims=Claims(aredis, settings.result_ttl_s),
+        quotas=Quotas(aredis, settings), claims=Claims(aredis, settings.result_ttl_s),
     )  # fmt: skip
     try:
         state.manifest()

@@ -68,6 +68,11 @@ def idempotency(key_id: str, key: str) -> str:
     return f"{PREFIX}:idem:{key_id}:{key}"
 
 
+def quota_bucket(key_id: str, resource: str) -> str:
+    """A key id's token bucket for one resource ("rows", "work_ms"): a hash {t: tokens, ts: ms}."""
+    return f"{PREFIX}:quota:{key_id}:{resource}"
+
+
 def audit(job_id: str) -> str:
     return f"{PREFIX}:audit:{job_id}"
 

@@ -26,6 +26,9 @@ HTTP_DURATION = Histogram(
 )
 JOBS_ACCEPTED = Counter("inferpool_jobs_accepted_total", "Jobs and predict requests accepted", ["route"])
 REQUESTS_SHED = Counter("inferpool_requests_shed_total", "Requests refused by backpressure", ["route", "reason"])
+# Per-key quotas (api/quota.py), by key id (never the secret); resource: "rows" or "work_ms".
+QUOTA_CHARGED = Counter("inferpool_quota_charged_total", "Quota spent by accepted requests", ["key_id", "resource"])
+QUOTA_REFUSED = Counter("inferpool_quota_refused_total", "Requests refused by a key's quota", ["key_id", "resource"])
 BATCHER_ROWS = Histogram("inferpool_batcher_batch_rows", "Rows per micro-batch sent by the API", buckets=ROWS_BUCKETS)
 BATCHER_WAIT = Histogram(
     "inferpool_batcher_wait_seconds",

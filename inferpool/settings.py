@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     # ~0.4 MiB of JSON. Both limits refuse by Content-Length before a byte is read, and count streamed bytes.
     max_call_body_bytes: int = 1024 * 1024
     max_work_ms: int = 10_000
+    # Per-key quotas: a token bucket per key id in Redis for rows and for work-ms (work_ms times the tasks it
+    # holds a process in), each refilled at its rate and holding quota_burst_s of it. Unset: no quota. A
+    # request costing more than a full bucket passes when the bucket is full and leaves it in debt.
+    quota_rows_per_s: float | None = None
+    quota_work_ms_per_s: float | None = None
+    quota_burst_s: float = 10.0
     # Backpressure: shed new work when the oldest waiting message is older than
     # this (predict route) or than job_max_wait_s (job route), or the backlog is over the cap.
     predict_max_wait_s: float = 2.0
@@ -168,7 +174,7 @@ class Settings(BaseSettings):
             raise ValueError("must be a fraction in (0, 1]")
         return v
 
-    @field_validator("max_call_body_bytes")
+    @field_validator("max_call_body_bytes", "quota_rows_per_s", "quota_work_ms_per_s", "quota_burst_s")
     @classmethod
     def _above_zero(cls, v: float | None) -> float | None:
         if v is not None and v <= 0:

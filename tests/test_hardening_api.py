@@ -274,3 +274,20 @@ def test_the_api_refuses_to_start_with_auth_on_and_no_keys():
         load_tables(Settings(auth="on"))
     assert not load_tables(Settings(auth="off", api_keys="a:b")).required
     assert load_tables(Settings(api_keys="a:b")).required
+
+
+# --- 6. per-key quotas ------------------------------------------------------------------------------------
+def test_a_key_over_its_quota_gets_429_and_other_keys_do_not(stack):
+    url, proc = extra_api(stack, INFERPOOL_QUOTA_ROWS_PER_S="5", INFERPOOL_QUOTA_BURST_S="2")  # 10-row buckets
+    rows = {"instances": [ROW] * 8}
+    with proc_stopped(proc), client(url, BOB) as bob, client(url, ALICE) as alice:
+        assert bob.post("/v1/predict", json=rows).status_code == 200  # 8 of the bucket's 10 rows
+        refused = bob.post("/v1/predict", json=rows)
+        assert refused.status_code == 429 and refused.json()["error"] == "quota_exceeded", refused.text
+        assert int(refused.headers["retry-after"]) >= 1
+        job = bob.post("/v1/jobs", json=rows)  # jobs draw on the same bucket
+        assert job.status_code == 429 and job.json()["error"] == "quota_exceeded"
+        assert alice.post("/v1/predict", json=rows).status_code == 200  # buckets are per key
+        text = alice.get("/metrics").text
+    assert 'inferpool_quota_refused_total{key_id="bob",resource="rows"} 2.0' in text
+    assert 'inferpool_quota_charged_total{key_id="alice",resource="rows"}' in text

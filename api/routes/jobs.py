@@ -120,6 +120,7 @@ async def _accept(
     except Overloaded:
         metrics.REQUESTS_SHED.labels(route="/v1/jobs", reason="wait").inc()
         raise
+    await st.quotas.charge(key_id, rows=0, work_ms=0)  # a key in debt is refused before its body is read
     m = st.manifest()
     job_id = claim.job_id if claim is not None else JobStore.new_id()
     sink = RowSink(m.n_features, s.max_rows_per_job, s.job_chunk_rows)
@@ -135,6 +136,7 @@ async def _accept(
         work = plan.query_work_ms if plan.query_work_ms is not None else (received.work_ms or 0)
         if work > s.max_work_ms:
             raise InputError("work_ms", f"at most {s.max_work_ms} ms")
+        await st.quotas.charge(key_id, rows=received.n_rows, work_ms=work * received.n_chunks)
     except BaseException:
         with contextlib.suppress(Exception):
             await st.jobs.discard(job_id, staged)

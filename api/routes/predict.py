@@ -44,6 +44,7 @@ async def predict_rows(
 
     Returns the caller's unsigned slice id (``task.offset.count``); a timeout carries it signed, to poll.
     """
+    await st.quotas.charge_predict(key_id, X.shape[0], work_ms)  # per-key quota (api/quota.py)
     try:
         return await _predict_rows(st, X, work_ms, route)
     except ResultTimeout as exc:
