@@ -72,6 +72,8 @@ def inferpool_system(var_dir: Path, model_dir: Path, scaler: bool = False, flowe
         INFERPOOL_FLOWER_PORT=str(free_port()),
         INFERPOOL_WORKER_METRICS_PORT=str(free_port()),
         INFERPOOL_SCALER_METRICS_PORT=str(free_port()),
+        # The peers check no key either; a key check is one dict lookup, and wrk's script sends none.
+        INFERPOOL_AUTH="off",
         **env,
     )
     argv = [sys.executable, "-m", "inferpool.cli", "up", "--var-dir", str(var_dir)]
