@@ -189,7 +189,10 @@ class Batcher:
             e.job_id = f"{task_id}.{offset}.{len(e.rows)}"
             offset += len(e.rows)
         try:
-            reply: Reply = await asyncio.wait_for(asyncio.shield(fut), self.reply_timeout_s)
+            # asyncio.timeout, not wait_for(shield(...)): no extra task and future per batch; a cancelled
+            # reply future is simply forgotten (the dispatcher drops a reply nobody waits for).
+            async with asyncio.timeout(self.reply_timeout_s):
+                reply: Reply = await fut
         except TimeoutError:
             # Callers time out on their own and get a job id to poll; free the slot.
             self.dispatcher.forget(task_id)

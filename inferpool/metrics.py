@@ -60,7 +60,8 @@ MODEL_INFO = Gauge(
 )
 
 
-OUTCOMES = ("success", "failure", "retry", "rejected")
+# refused: a message whose spec names keys inferpool never writes (workers/specs.py), acked unrun.
+OUTCOMES = ("success", "failure", "retry", "rejected", "refused")
 SHED_ROUTES = ("/predict", "/v1/predict", "/v1/jobs")
 
 

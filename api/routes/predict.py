@@ -75,7 +75,8 @@ async def _own_task(st: ApiState, X: np.ndarray, work_ms: int, queue: str) -> tu
     task_id, fut = await st.dispatcher.publish_rows(X, work_ms, queue, reqs=1)
     # Its simulated work counts against the timeout too: a caller waits for the whole answer.
     try:
-        reply = await asyncio.wait_for(fut, st.settings.predict_timeout_s)
+        async with asyncio.timeout(st.settings.predict_timeout_s):
+            reply = await fut
     except TimeoutError:
         st.dispatcher.forget(task_id)
         raise ResultTimeout(f"{task_id}.0.{X.shape[0]}", st.settings.predict_timeout_s) from None
@@ -86,7 +87,9 @@ async def _own_task(st: ApiState, X: np.ndarray, work_ms: int, queue: str) -> tu
 
 async def _batched(st: ApiState, entry: Entry) -> tuple[np.ndarray, str, str]:
     try:
-        answer = await asyncio.wait_for(asyncio.shield(entry.future), st.settings.predict_timeout_s)
+        # The entry's future is this caller's alone: cancelling it on timeout harms no one (the batch skips it).
+        async with asyncio.timeout(st.settings.predict_timeout_s):
+            answer = await entry.future
     except TimeoutError:
         if entry.job_id is None:
             raise Overloaded("the request could not be sent in time", retry_after_s=1) from None
