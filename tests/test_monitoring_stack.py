@@ -80,9 +80,9 @@ def test_queue_age_unacked_redelivery_and_worker_series(stack_factory, model_dir
     )
     assert value(second, "inferpool_unacked_messages") == 1
     assert value(second, "inferpool_unacked_oldest_age_seconds") > value(first, "inferpool_unacked_oldest_age_seconds")
-    # The queue has waited past the 2 s admission limit: predictions are shed, and counted.
+    # The work queue has waited past the 2 s admission limit: requests for it are shed, and counted.
     wait_until(lambda: look(lambda s: value(s, "inferpool_queue_oldest_age_seconds", queue=WORK) > 2.2), 10, "age")
-    assert api.post("/v1/predict", json={"instances": rows(1)}).status_code == 429
+    assert api.post("/v1/predict", json={"instances": rows(1), "work_ms": 10}).status_code == 429
     shed = scrape(f"{st.url}/metrics")
     assert value(shed, "inferpool_requests_shed_total", route="/v1/predict", reason="wait") == 1
     wait_until(lambda: look(lambda s: value(s, "inferpool_worker_up", worker="work-a@test") == 0), 10, "a stale")
