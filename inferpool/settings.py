@@ -105,7 +105,9 @@ class Settings(BaseSettings):
 
     # --- workers & scaler ---------------------------------------------------
     online_concurrency: int = 2
-    work_concurrency_min: int = 1
+    # Two: one long request never holds the whole work pool, and a cold pool meets a first burst while the
+    # scaler is still learning its rate and service time (an idle process costs memory, no CPU).
+    work_concurrency_min: int = 2
     work_concurrency_max: int = 8
     scaler_wait_target_s: float = 0.1
     scaler_tick_s: float = 1.0

@@ -263,7 +263,7 @@ def test_written_csvs_round_trip(tmp_path: Path) -> None:
     assert seconds["offered"] == [3, 3, 4, 0] and seconds["p50_s"][3] is None
 
 
-def test_status_document_is_summed_and_decisions_kept() -> None:
+def test_status_document_is_summed_and_decisions_of_this_run_kept() -> None:
     doc = {
         "queues": {"a": {"depth": 3, "oldest_age_s": 0.5}, "b": {"depth": 4, "oldest_age_s": 1.5}},
         "unacked": 2,
@@ -273,7 +273,10 @@ def test_status_document_is_summed_and_decisions_kept() -> None:
         "scaler": {
             "desired": 6,
             "actual": 5,
-            "decisions": [{"t": 1005.0, "direction": "up", "reason": "wait 0.4 s", "from": 4, "to": 5}],
+            "decisions": [
+                {"t": 990.0, "direction": "down", "reason": "an earlier run's", "from": 5, "to": 4},
+                {"t": 1005.0, "direction": "up", "reason": "wait 0.4 s", "from": 4, "to": 5},
+            ],
         },
     }
     sample, decisions = parse_status(doc, t_s=7.0, start_epoch=1000.0)

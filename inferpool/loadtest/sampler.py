@@ -56,7 +56,7 @@ def parse_status(data: dict[str, Any], t_s: float, start_epoch: float) -> tuple[
     decisions = []
     for d in scaler.get("decisions") or []:
         epoch = _float(d.get("t")) if isinstance(d, dict) else None
-        if epoch is None:
+        if epoch is None or epoch < start_epoch:  # the scaler's log outlives runs: earlier ones are not ours
             continue
         decisions.append(
             Decision(
