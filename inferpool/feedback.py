@@ -84,11 +84,22 @@ async def record_feedback(
         predicted_at=float(predicted_at),
         received_at=time.time() if received_at is None else float(received_at),
     )
+    await record_entries(aclient, [entry], window)
+    return entry
+
+
+async def record_entries(
+    aclient: redis.asyncio.Redis, entries: list[FeedbackEntry], window: int = FEEDBACK_WINDOW
+) -> None:
+    """Store labelled predictions in order, in one round trip; the list keeps only the newest ``window``."""
+    if window < 1:
+        raise ValueError("window must be at least 1")
+    if not entries:
+        return
     pipe = aclient.pipeline(transaction=True)
-    pipe.lpush(keys.FEEDBACK, encode_entry(entry))
+    pipe.lpush(keys.FEEDBACK, *(encode_entry(e) for e in entries))
     pipe.ltrim(keys.FEEDBACK, 0, window - 1)
     await pipe.execute()
-    return entry
 
 
 def summarize(entries: Iterable[FeedbackEntry]) -> dict[str, Any]:

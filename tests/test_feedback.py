@@ -14,7 +14,7 @@ from sklearn.datasets import make_classification
 from api.schemas import AccuracyResponse, ConceptVerdict
 from inferpool import keys, model_store
 from inferpool.drift import Status
-from inferpool.feedback import FeedbackEntry, aentries, asummary, concept, record_feedback, summarize
+from inferpool.feedback import FEEDBACK_WINDOW, FeedbackEntry, aentries, asummary, concept, record_feedback, summarize
 from tests.support.waiting import wait_until
 
 
@@ -145,5 +145,28 @@ def test_accuracy_route_judges_concept_drift(stack, api, model_dir) -> None:
         send([1 - p for p in predicted])
         moved = api.get("/v1/monitoring/accuracy").json()["concept"]
         assert moved["drifted"] and moved["n"] == 300 and moved["accuracy"] == 0.5
+    finally:
+        stack.client.delete(keys.FEEDBACK)
+
+
+def test_ten_thousand_labels_for_one_job_in_one_call(stack, api) -> None:
+    """The most labels one call takes, all for rows of one job: each is judged against its own prediction
+    (the job is read once, not once per label) and the window keeps the newest."""
+    X, _ = make_classification(n_samples=2000, n_features=20, random_state=7)
+    stack.client.delete(keys.FEEDBACK)
+    try:
+        job = api.post("/v1/jobs", json={"instances": X.tolist()}).json()["job_id"]
+        wait_until(lambda: api.get(f"/v1/jobs/{job}").json()["status"] == "succeeded", 30, "job")
+        predicted = api.get(f"/v1/jobs/{job}").json()["predictions"]
+        # Rows cycle through the job; every fourth label contradicts the model.
+        labels = [
+            {"job_id": job, "row": i % 2000, "label": predicted[i % 2000] if i % 4 else 1 - predicted[i % 2000]}
+            for i in range(10_000)
+        ]
+        r = api.post("/v1/feedback", json={"labels": labels})
+        assert r.status_code == 200, r.text
+        assert r.json()["accepted"] == 10_000
+        window = api.get("/v1/monitoring/accuracy").json()
+        assert window["count"] == min(10_000, FEEDBACK_WINDOW) and window["accuracy"] == 0.75
     finally:
         stack.client.delete(keys.FEEDBACK)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from api.inputs import require_json
 from api.responses import OrjsonResponse
-from api.schemas import AccuracyResponse, DriftResponse, ErrorBody, FeedbackRequest
+from api.schemas import AccuracyResponse, DriftResponse, ErrorBody, FeedbackRequest, JobView
 from api.security import admin, api_key_header, caller
 from api.state import ApiState
 from inferpool import audit, drift, feedback, status
@@ -85,22 +85,29 @@ async def post_feedback(
 ) -> OrjsonResponse:
     """True labels for earlier predictions, by job id and row: feeds realised accuracy and label delay."""
     st = _state(request)
-    accepted = 0
+    views: dict[str, JobView] = {}  # each job read once, however many of its rows are labelled
+    entries: list[feedback.FeedbackEntry] = []
+    now = time.time()
     for i, item in enumerate(body.labels):
-        try:
-            view = await st.jobs.get(item.job_id, key_id=key_id)
-        except JobNotFound as exc:
-            raise InputError(f"labels.{i}.job_id", "unknown job, or its results expired") from exc
+        view = views.get(item.job_id)
+        if view is None:
+            try:
+                view = views[item.job_id] = await st.jobs.get(item.job_id, key_id=key_id)
+            except JobNotFound as exc:
+                raise InputError(f"labels.{i}.job_id", "unknown job, or its results expired") from exc
         if view.predictions is None:
             raise InputError(f"labels.{i}.job_id", f"job is {view.status.value}, not succeeded")
         if item.row >= len(view.predictions):
             raise InputError(f"labels.{i}.row", f"job has {len(view.predictions)} rows")
-        await feedback.record_feedback(
-            st.redis, item.job_id, item.row, item.label, view.predictions[item.row],
-            view.timings.finished or time.time(),
+        entries.append(
+            feedback.FeedbackEntry(
+                job_id=item.job_id, row=int(item.row), true_label=item.label,
+                predicted_label=view.predictions[item.row], predicted_at=view.timings.finished or now,
+                received_at=now,
+            )
         )  # fmt: skip
-        accepted += 1
-    return OrjsonResponse({"accepted": accepted, "summary": await feedback.asummary(st.redis)})
+    await feedback.record_entries(st.redis, entries)
+    return OrjsonResponse({"accepted": len(entries), "summary": await feedback.asummary(st.redis)})
 
 
 @router.get(
