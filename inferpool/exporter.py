@@ -13,7 +13,10 @@ It runs in the scaler daemon (``start_cluster_exporter``, on
 ``INFERPOOL_SCALER_METRICS_PORT``) or alone as ``inferpool exporter``. The same
 HTTP server answers ``/targets`` with the live workers' metrics addresses in
 Prometheus' ``http_sd_configs`` format, so one scrape configuration finds every
-worker whatever its port and however many the scaler starts.
+worker whatever its port and however many the scaler starts. ``/keda`` answers KEDA's
+``metrics-api`` scaler without Prometheus: ``{"desired_processes": N, "oldest_wait_s": x,
+"workers": k, ...}`` from the scaler's last tick (its expiring health key and state hash), 503 when
+the scaler is not ticking so KEDA holds its ``fallback`` size instead of scaling on a stale number.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -38,7 +42,9 @@ from inferpool.errors import ModelError
 from inferpool.settings import Settings, get_settings
 from inferpool.telemetry import MetricsServer, serve
 
-__all__ = ["ClusterCollector", "MetricsServer", "add_exporter_command", "serve", "start_cluster_exporter"]
+__all__ = [
+    "ClusterCollector", "MetricsServer", "add_exporter_command", "add_keda_route", "serve", "start_cluster_exporter",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +133,33 @@ class ClusterCollector:
             if addr and w.live(now):
                 out.append({"targets": [addr], "labels": {"worker": w.name}})
         return out
+
+    def keda(self) -> dict[str, Any] | None:
+        """The scaler's last decision for KEDA's ``metrics-api`` trigger, or None when the scaler is not ticking.
+
+        ``desired_processes`` is the value to scale on (``valueLocation: desired_processes``, ``targetValue`` =
+        processes per pod); the oldest wait is read live from the queue, the rest is the scaler's last tick.
+        """
+        pipe = self.client.pipeline(transaction=True)
+        pipe.get(keys.SCALER_HEALTH)
+        pipe.hgetall(keys.SCALER_STATE)
+        health_raw, state_raw = pipe.execute()
+        if health_raw is None:  # expires after a few missed ticks
+            return None
+        health = orjson.loads(health_raw)
+        state = {k.decode(): v.decode() for k, v in state_raw.items()}
+        queue = state.get("queue") or self.settings.scaler_queue
+        snap = queues.snapshot(self.client)
+        q = snap.queues.get(queue)
+        return {
+            "desired_processes": int(health["desired"]),
+            "actual_processes": int(health["actual"]),
+            "oldest_wait_s": round(q.oldest_age_s, 4) if q is not None else float(state.get("oldest_wait_s") or 0),
+            "depth": q.depth if q is not None else int(state.get("depth") or 0),
+            "workers": int(state.get("workers") or 0),
+            "queue": queue,
+            "updated": float(health["t"]),
+        }
 
     # --- exposition ------------------------------------------------------------------------
     def collect(self) -> Iterator[Metric]:
@@ -234,6 +267,36 @@ class ClusterCollector:
 # --- serving ------------------------------------------------------------------------------
 
 
+def _with_keda(app: Any, cluster: ClusterCollector) -> Any:
+    """Wrap the metrics WSGI app with ``GET /keda`` (JSON; 503 when the scaler is silent or Redis is down)."""
+
+    def wrapped(environ: dict, start_response: Any) -> Any:
+        if environ.get("PATH_INFO") != "/keda":
+            return app(environ, start_response)
+        try:
+            doc = cluster.keda()
+            body, status = (
+                (orjson.dumps(doc), "200 OK")
+                if doc is not None
+                else (
+                    orjson.dumps({"error": "no scaler health key (the scaler is not ticking)"}),
+                    "503 Service Unavailable",
+                )
+            )
+        except (redis.RedisError, OSError, ValueError, KeyError) as exc:
+            body, status = orjson.dumps({"error": type(exc).__name__}), "503 Service Unavailable"
+        start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return wrapped
+
+
+def add_keda_route(server: MetricsServer, cluster: ClusterCollector) -> MetricsServer:
+    """Add ``GET /keda`` to a running metrics server (wsgiref's ``set_app``: the route lives beside ``/metrics``)."""
+    server.httpd.set_app(_with_keda(server.httpd.get_app(), cluster))
+    return server
+
+
 def start_cluster_exporter(
     settings: Settings | None = None,
     client: redis.Redis | None = None,
@@ -246,12 +309,13 @@ def start_cluster_exporter(
 
     s = settings or get_settings()
     cluster = ClusterCollector(client or sync_client(s.redis_url), s)
-    return serve(
+    server = serve(
         s.scaler_metrics_port if port is None else port,
         [cluster, *extra],
         addr or s.scaler_metrics_host,
         targets=cluster.targets,
     )
+    return add_keda_route(server, cluster)
 
 
 # --- `inferpool exporter` -------------------------------------------------------------------
@@ -263,7 +327,7 @@ def run_exporter(ns: argparse.Namespace) -> int:
     s = get_settings()
     telemetry.setup_logging("exporter", s)
     server = start_cluster_exporter(s, port=ns.port, addr=ns.address)
-    logger.info("cluster metrics at %s/metrics, worker targets at %s/targets", server.url, server.url)
+    logger.info("cluster metrics at %s/metrics, worker targets at %s/targets, KEDA at %s/keda", *[server.url] * 3)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

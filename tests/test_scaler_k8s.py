@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
+import redis
 import yaml
+from conftest import base_env
 from prometheus_client import CollectorRegistry, generate_latest
 
-from inferpool.settings import get_settings
+from inferpool import keys
+from inferpool.exporter import start_cluster_exporter
+from inferpool.local_redis import free_port
+from inferpool.settings import Settings, get_settings
 from scaler.cli import add_scaler_command, settings_from_args
 from scaler.metrics import ScalerMetrics
 
@@ -74,3 +83,60 @@ def test_scaler_command_parses_and_decides_only() -> None:
     port = int(env(container(dep))["INFERPOOL_SCALER_METRICS_PORT"])
     svc = docs("scaler.yaml")["Service"]
     assert svc["spec"]["ports"][0]["port"] == port == int(svc["metadata"]["annotations"]["prometheus.io/port"])
+
+
+# --- KEDA without Prometheus: the exporter's /keda endpoint and the metrics-api ScaledObject ---------------
+
+
+def keda_value(doc: dict, location: str) -> float:
+    """What KEDA's metrics-api scaler reads at ``valueLocation`` (a GJSON path; here a plain key)."""
+    for part in location.split("."):
+        doc = doc[part]
+    return float(doc)
+
+
+def test_keda_endpoint_serves_the_scalers_decision(redis_server, model_dir, tmp_path) -> None:
+    """One real scaler tick writes its decision to Redis; the exporter's GET /keda serves it, 503 before."""
+    url = redis_server.url.rsplit("/", 1)[0] + "/11"  # a database of its own on the shared server
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    s = Settings(redis_url=url, model_dir=model_dir)
+    server = start_cluster_exporter(s, client=client, port=0, addr="127.0.0.1")
+    try:
+        r = httpx.get(f"{server.url}/keda", timeout=5)
+        assert r.status_code == 503 and "scaler" in r.json()["error"]  # KEDA falls back to its fallback size
+        client.zadd(keys.WORKERS, {"work@pod-1": time.time()})
+        client.hset(keys.worker("work@pod-1"), mapping={"processes": 2, "busy": 0, "queues": keys.QUEUE_WORK})
+        env = base_env(url, model_dir, tmp_path, INFERPOOL_SCALER_METRICS_PORT=str(free_port()))
+        argv = [sys.executable, "-m", "inferpool.cli", "scaler", "--once", "--dry-run", "--min", "4", "--max", "16"]
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        r = httpx.get(f"{server.url}/keda", timeout=5)
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        doc = r.json()
+        assert doc["desired_processes"] == 4 and doc["actual_processes"] == 2  # raised to --min from 2
+        assert doc["workers"] == 1 and doc["queue"] == keys.QUEUE_WORK and doc["oldest_wait_s"] == 0
+        so = docs("keda-metrics-api.yaml")["ScaledObject"]
+        [trigger] = so["spec"]["triggers"]
+        assert keda_value(doc, trigger["metadata"]["valueLocation"]) == 4
+        assert httpx.get(f"{server.url}/metrics", timeout=5).status_code == 200  # beside /metrics, unchanged
+    finally:
+        server.close()
+        client.flushdb()
+
+
+def test_metrics_api_scaledobject_reads_the_scalers_service() -> None:
+    so = docs("keda-metrics-api.yaml")["ScaledObject"]
+    [trigger] = so["spec"]["triggers"]
+    assert trigger["type"] == "metrics-api" and trigger["metricType"] == "AverageValue"
+    md = trigger["metadata"]
+    assert md["valueLocation"] == "desired_processes" and md["format"] == "json"
+    svc = docs("scaler.yaml")["Service"]
+    port = svc["spec"]["ports"][0]["port"]
+    assert md["url"] == f"http://{svc['metadata']['name']}.inferpool.svc:{port}/keda"
+    worker = docs("worker.yaml")["Deployment"]
+    assert int(md["targetValue"]) == int(env(container(worker))["INFERPOOL_WORK_CONCURRENCY_MIN"])
+    assert so["spec"]["scaleTargetRef"]["name"] == worker["metadata"]["name"]
+    prom = docs("keda-scaledobject.yaml")["ScaledObject"]
+    for key in ("minReplicaCount", "maxReplicaCount", "fallback", "advanced"):
+        assert so["spec"][key] == prom["spec"][key], key
