@@ -407,3 +407,18 @@ def test_new_work_is_shed_by_bytes_before_redis_is_full_and_accepted_work_finish
         client.config_set("maxmemory", 0)
     time.sleep(0.5)
     assert hapi.post("/v1/predict", json={"instances": X.tolist()}).status_code == 200
+
+
+def test_a_job_that_would_fill_redis_is_refused_before_its_rows_are_stored(hstack, hapi):
+    """A job body whose size would take Redis past its memory share is shed at once; a small one is not."""
+    client = hstack.client
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory", int(used / 0.7))  # ~70 % full: under the 80 % share, ~14 % of it to spare
+    try:
+        time.sleep(0.5)
+        big = rows(int(used * 0.2 / 160) + 1, seed=62)  # as JSON ~20 % of used memory, as float32 rows ~ half
+        r = hapi.post("/v1/jobs", json={"instances": big.tolist()})
+        assert r.status_code == 429 and "maxmemory" in r.json()["message"], r.text
+        assert hapi.post("/v1/jobs", json={"instances": rows(2, seed=63).tolist()}).status_code == 202
+    finally:
+        client.config_set("maxmemory", 0)

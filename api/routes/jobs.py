@@ -115,8 +115,11 @@ async def _accept(
     request: Request, st: ApiState, plan: intake.Plan, key_id: str, claim: Claim | None
 ) -> OrjsonResponse:
     s = st.settings
+    # Its declared size is what is known of a job before its rows are parsed: counted against Redis's memory
+    # share, so that a big job is refused before it fills Redis, not after (float32 rows take about as much).
+    declared = request.headers.get("content-length", "")
     try:
-        await st.admit(JOB_QUEUES, s.job_max_wait_s)
+        await st.admit(JOB_QUEUES, s.job_max_wait_s, incoming_bytes=int(declared) if declared.isdigit() else 0)
     except Overloaded:
         metrics.REQUESTS_SHED.labels(route="/v1/jobs", reason="wait").inc()
         raise
