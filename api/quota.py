@@ -78,9 +78,10 @@ class Quotas:
                 f"quota of key {key_id!r} exhausted ({', '.join(f'{self.rates[r]:g} {r}/s' for r in names)})",
                 retry_after_s=math.ceil(int(wait_ms) / 1000),
             )
-        for r in names:
-            if costs[r]:
-                metrics.QUOTA_CHARGED.labels(key_id=key_id, resource=r).inc(costs[r])
+        if ROWS in self.rates and rows:
+            metrics.QUOTA_CHARGED_ROWS.labels(key_id=key_id).inc(rows)
+        if WORK_MS in self.rates and work_ms:
+            metrics.QUOTA_CHARGED_WORK.labels(key_id=key_id).inc(work_ms / 1000)
 
     async def charge_predict(self, key_id: str, rows: int, work_ms: int) -> None:
         """A one-call request: one task holding a process ``work_ms``; a work_ms over the limit is left to

@@ -189,7 +189,7 @@ class ClusterCollector:
 
     def _queue_families(self, snap: queues.Snapshot, ledger: dict[str, int]) -> Iterator[Metric]:
         depth = GaugeMetricFamily(
-            "inferpool_queue_depth", "Messages waiting, summed over priority sub-lists", labels=["queue"]
+            "inferpool_queue_messages", "Messages waiting, summed over priority sub-lists", labels=["queue"]
         )
         age = GaugeMetricFamily(
             "inferpool_queue_oldest_age_seconds", "Age of the oldest waiting message (enqueue header)", labels=["queue"]
@@ -242,7 +242,7 @@ class ClusterCollector:
             if alive:
                 procs.add_metric([w.name], int(w.fields.get("processes", 0)))
                 busy.add_metric([w.name], int(w.fields.get("busy", 0)))
-        n = GaugeMetricFamily("inferpool_workers_live", "Workers with a fresh heartbeat")
+        n = GaugeMetricFamily("inferpool_live_workers", "Workers with a fresh heartbeat")
         n.add_metric([], live)
         yield from (up, procs, busy, n)
 
@@ -258,7 +258,7 @@ class ClusterCollector:
             fam.add_metric([], ledger.get(field, 0))
             yield fam
         flight = GaugeMetricFamily(
-            "inferpool_ledger_jobs_in_flight", "Accepted minus succeeded minus failed: lost work shows here"
+            "inferpool_ledger_in_flight_jobs", "Accepted minus succeeded minus failed: lost work shows here"
         )
         flight.add_metric([], ledger.get("accepted", 0) - ledger.get("succeeded", 0) - ledger.get("failed", 0))
         yield flight

@@ -17,6 +17,9 @@ import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Queue waits reach minutes: a job is admitted while its predicted wait is under INFERPOOL_JOB_MAX_WAIT_S
+# (30 s), and the prediction can be wrong; the last buckets tell 1 minute from 10.
+WAIT_BUCKETS_S = (*LATENCY_BUCKETS_S, 60.0, 120.0, 300.0, 600.0)
 ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
 
 # --- API -------------------------------------------------------------------
@@ -26,8 +29,13 @@ HTTP_DURATION = Histogram(
 )
 JOBS_ACCEPTED = Counter("inferpool_jobs_accepted_total", "Jobs and predict requests accepted", ["route"])
 REQUESTS_SHED = Counter("inferpool_requests_shed_total", "Requests refused by backpressure", ["route", "reason"])
-# Per-key quotas (api/quota.py), by key id (never the secret); resource: "rows" or "work_ms".
-QUOTA_CHARGED = Counter("inferpool_quota_charged_total", "Quota spent by accepted requests", ["key_id", "resource"])
+# Per-key quotas (api/quota.py), by key id (never the secret). What was spent is two metrics, one per unit
+# (a sum over rows and milliseconds would mean nothing); the refusal names the resource that ran out:
+# "rows" or "work_ms", as INFERPOOL_QUOTA_* names them.
+QUOTA_CHARGED_ROWS = Counter("inferpool_quota_charged_rows_total", "Rows spent from a key's quota", ["key_id"])
+QUOTA_CHARGED_WORK = Counter(
+    "inferpool_quota_charged_work_seconds_total", "Simulated work (work_ms) spent from a key's quota", ["key_id"]
+)
 QUOTA_REFUSED = Counter("inferpool_quota_refused_total", "Requests refused by a key's quota", ["key_id", "resource"])
 BATCHER_ROWS = Histogram("inferpool_batcher_batch_rows", "Rows per micro-batch sent by the API", buckets=ROWS_BUCKETS)
 BATCHER_WAIT = Histogram(
@@ -41,7 +49,7 @@ TASKS_ENQUEUED = Counter("inferpool_tasks_enqueued_total", "Predict tasks publis
 # outcome: success, failure (the task caught an error), retry, rejected (refused by the worker's consumer).
 TASKS_COMPLETED = Counter("inferpool_tasks_completed_total", "Predict tasks finished", ["queue", "outcome"])
 TASK_QUEUE_WAIT = Histogram(
-    "inferpool_task_queue_wait_seconds", "Enqueue to start of a task", ["queue"], buckets=LATENCY_BUCKETS_S
+    "inferpool_task_queue_wait_seconds", "Enqueue to start of a task", ["queue"], buckets=WAIT_BUCKETS_S
 )
 TASK_RUN = Histogram("inferpool_task_run_seconds", "Run time of a task", ["queue"], buckets=LATENCY_BUCKETS_S)
 TASK_ROWS = Histogram("inferpool_task_batch_rows", "Rows per task", ["queue"], buckets=ROWS_BUCKETS)

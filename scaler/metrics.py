@@ -19,11 +19,19 @@ from scaler.signal import Signal
 
 logger = logging.getLogger(__name__)
 
+# What the last tick decided on, as the scaler saw it. The arrival rate is the scaler's own estimate
+# (the policy's input), exported so a decision can be explained; the measured rate is PromQL's
+# rate(inferpool_tasks_enqueued_total[1m]). The outstanding count is not inferpool_queue_messages:
+# it adds the messages workers hold unacknowledged.
 SIGNAL_GAUGES = (  # (metric name, help, Signal attribute)
     ("inferpool_scaler_oldest_wait_seconds", "Age of the oldest waiting message of the managed queue", "oldest_wait_s"),
     ("inferpool_scaler_wait_p95_seconds", "p95 queue wait of recently finished tasks", "wait_p95_s"),
-    ("inferpool_scaler_queue_depth", "Messages waiting plus those held unacked by workers", "depth"),
-    ("inferpool_scaler_arrival_rate", "Tasks arriving per second (completions + depth change)", "arrival_rate_per_s"),
+    ("inferpool_scaler_outstanding_messages", "Messages waiting plus those held unacked by workers", "depth"),
+    (
+        "inferpool_scaler_arrivals_per_second",
+        "Arrival rate the last decision was sized for: the scaler's estimate (completions + depth change)",
+        "arrival_rate_per_s",
+    ),
     ("inferpool_scaler_service_time_seconds", "Mean run time per task", "service_time_s"),
 )
 

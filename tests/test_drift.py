@@ -434,15 +434,15 @@ def test_exporter_gauges_name_the_important_major_feature(
     reg = CollectorRegistry(auto_describe=False)
     reg.register(ClusterCollector(rclient, Settings(model_dir=model_dir, drift_cache_s=0)))
     m = parse(generate_latest(reg).decode())
-    assert value(m, "inferpool_drift_window_samples") == 600
+    assert value(m, "inferpool_drift_window_rows") == 600
     assert value(m, "inferpool_drift_dataset_drifted") == 1
     for j, important in ((top, 1), (ignored[0], 0)):
         assert value(m, "inferpool_drift_feature_verdict", feature=str(j), verdict="major") == 1
         assert value(m, "inferpool_drift_feature_important", feature=str(j)) == important
-    assert value(m, "inferpool_drift_feature_importance", feature=str(top)) > 0.1
+    assert value(m, "inferpool_drift_feature_importance_ratio", feature=str(top)) > 0.1
     assert value(m, "inferpool_drift_feature_pvalue", feature=str(top), test="chi2") < 1e-6
-    assert value(m, "inferpool_drift_weighted_share") > 0.1
-    assert value(m, "inferpool_concept_drifted") == 0 and value(m, "inferpool_accuracy_training") > 0.8
+    assert value(m, "inferpool_drift_drifted_importance_ratio") > 0.1
+    assert value(m, "inferpool_concept_drifted") == 0 and value(m, "inferpool_accuracy_training_ratio") > 0.8
 
 
 # --- end to end: real workers, the API's refusals, the route -------------------------------

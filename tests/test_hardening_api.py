@@ -290,4 +290,4 @@ def test_a_key_over_its_quota_gets_429_and_other_keys_do_not(stack):
         assert alice.post("/v1/predict", json=rows).status_code == 200  # buckets are per key
         text = alice.get("/metrics").text
     assert 'inferpool_quota_refused_total{key_id="bob",resource="rows"} 2.0' in text
-    assert 'inferpool_quota_charged_total{key_id="alice",resource="rows"}' in text
+    assert 'inferpool_quota_charged_rows_total{key_id="alice"} 8.0' in text

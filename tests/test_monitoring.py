@@ -117,14 +117,14 @@ def test_cluster_exporter_on_the_shared_stack(stack, api):
         for node in _nodes(stack).values():
             assert value(samples, "inferpool_worker_up", worker=node) == 1
             assert value(samples, "inferpool_worker_pool_processes", worker=node) == 2
-        assert value(samples, "inferpool_workers_live") == 2
+        assert value(samples, "inferpool_live_workers") == 2
         for q in keys.ALL_QUEUES:
-            assert has(samples, "inferpool_queue_depth", queue=q)
+            assert has(samples, "inferpool_queue_messages", queue=q)
         accepted = value(samples, "inferpool_ledger_jobs_accepted_total")
         done = value(samples, "inferpool_ledger_jobs_succeeded_total") + value(
             samples, "inferpool_ledger_jobs_failed_total"
         )
-        assert accepted > 0 and value(samples, "inferpool_ledger_jobs_in_flight") == accepted - done
+        assert accepted > 0 and value(samples, "inferpool_ledger_in_flight_jobs") == accepted - done
         assert value(samples, "inferpool_visibility_timeout_seconds") == 60
         targets = httpx.get(f"{server.url}/targets").json()
         assert {t["labels"]["worker"] for t in targets} == set(_nodes(stack).values())
@@ -173,9 +173,9 @@ def test_scrape_is_cheap(stack):
     families = list(collector.collect())
     assert time.perf_counter() - t0 < 2.0
     assert {f.name for f in families} >= {
-        "inferpool_queue_depth",
+        "inferpool_queue_messages",
         "inferpool_worker_up",
-        "inferpool_drift_window_samples",
+        "inferpool_drift_window_rows",
     }
 
 

@@ -101,7 +101,7 @@ def test_every_metric_in_dashboard_and_alerts_is_exposed(stack, api):
     missing = used - exposed - SCALER_OWNED
     assert not missing, f"used in deploy/ but not exposed: {sorted(missing)}"
     # And the dashboard shows the core families at all.
-    core = ("inferpool_queue_depth", "inferpool_task_queue_wait_seconds_bucket", "inferpool_worker_busy_processes")
+    core = ("inferpool_queue_messages", "inferpool_task_queue_wait_seconds_bucket", "inferpool_worker_busy_processes")
     assert set(core) <= used
 
 

@@ -73,7 +73,7 @@ def test_queue_age_unacked_redelivery_and_worker_series(stack_factory, model_dir
     first = exposition(collector)
     time.sleep(1.0)
     second = exposition(collector)
-    assert value(second, "inferpool_queue_depth", queue=WORK) == 2
+    assert value(second, "inferpool_queue_messages", queue=WORK) == 2
     assert (
         value(second, "inferpool_queue_oldest_age_seconds", queue=WORK)
         >= value(first, "inferpool_queue_oldest_age_seconds", queue=WORK) + 0.8
@@ -86,13 +86,13 @@ def test_queue_age_unacked_redelivery_and_worker_series(stack_factory, model_dir
     shed = scrape(f"{st.url}/metrics")
     assert value(shed, "inferpool_requests_shed_total", route="/v1/predict", reason="wait") == 1
     wait_until(lambda: look(lambda s: value(s, "inferpool_worker_up", worker="work-a@test") == 0), 10, "a stale")
-    assert value(snap, "inferpool_workers_live") == 0
+    assert value(snap, "inferpool_live_workers") == 0
     assert not has(snap, "inferpool_worker_pool_processes", worker="work-a@test")
 
     b = st.start_worker("work", concurrency=1, name="work-b@test")
 
     def drained(s: dict) -> bool:
-        return value(s, "inferpool_queue_depth", queue=WORK) == 0 and value(s, "inferpool_unacked_messages") == 0
+        return value(s, "inferpool_queue_messages", queue=WORK) == 0 and value(s, "inferpool_unacked_messages") == 0
 
     wait_until(lambda: look(drained), 30, "the queue to drain and the lost message to come back")
     assert value(snap, "inferpool_queue_oldest_age_seconds", queue=WORK) == 0
@@ -100,7 +100,7 @@ def test_queue_age_unacked_redelivery_and_worker_series(stack_factory, model_dir
         wait_until(lambda j=job: api.get(f"/v1/jobs/{j}").json()["status"] == "succeeded", 30, f"job {job}")
     ledger = exposition(collector)
     assert value(ledger, "inferpool_messages_redelivered_total") == 1
-    assert value(ledger, "inferpool_ledger_jobs_in_flight") == 0
+    assert value(ledger, "inferpool_ledger_in_flight_jobs") == 0
     assert value(ledger, "inferpool_ledger_duplicate_completions_total") == 0
     b_metrics = scrape(worker_metrics_url(st.client, "work-b@test"))
     assert value(b_metrics, "inferpool_tasks_redelivered_total", queue=WORK) == 1
@@ -111,7 +111,7 @@ def test_queue_age_unacked_redelivery_and_worker_series(stack_factory, model_dir
     b.stop()  # a clean stop removes the heartbeat at once
     after = exposition(collector)
     assert not has(after, "inferpool_worker_up", worker="work-b@test")
-    assert value(after, "inferpool_workers_live") == 0
+    assert value(after, "inferpool_live_workers") == 0
 
 
 def _post_and_wait(api: httpx.Client, X: np.ndarray) -> None:
@@ -137,9 +137,9 @@ def test_drift_gauges_flip_for_shifted_features_only(stack_factory, model_dir):
 
     _post_and_wait(api, W)
     calm = exposition(collector)
-    assert value(calm, "inferpool_drift_window_samples") == 1200
+    assert value(calm, "inferpool_drift_window_rows") == 1200
     assert value(calm, "inferpool_drift_dataset_drifted") == 0
-    assert value(calm, "inferpool_drift_features_drifted") == 0
+    assert value(calm, "inferpool_drift_drifted_features") == 0
     for j in range(N_FEATURES):
         assert value(calm, "inferpool_drift_feature_verdict", feature=str(j), verdict="none") == 1
         assert value(calm, "inferpool_drift_feature_psi", feature=str(j)) < 0.1
@@ -152,7 +152,7 @@ def test_drift_gauges_flip_for_shifted_features_only(stack_factory, model_dir):
     _post_and_wait(api, S)
     moved = exposition(collector)
     assert value(moved, "inferpool_drift_dataset_drifted") == 1
-    assert value(moved, "inferpool_drift_features_drifted") == len(shifted)
+    assert value(moved, "inferpool_drift_drifted_features") == len(shifted)
     for j in range(N_FEATURES):
         v = "major" if j in shifted else "none"
         assert value(moved, "inferpool_drift_feature_verdict", feature=str(j), verdict=v) == 1, j

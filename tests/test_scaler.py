@@ -135,7 +135,7 @@ def test_load_step_grows_the_pool_and_its_end_shrinks_it_to_min_without_losing_a
     assert int(client.hget(keys.SCALER_STATE, "desired")) == 1
     text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
     assert 'inferpool_scaler_decisions_total{direction="down",reason="stabilised_down"}' in text
-    assert "inferpool_scaler_arrival_rate" in text
+    assert "inferpool_scaler_arrivals_per_second" in text
     assert "WorkerLostError" not in work.log.read_text()
     scaler.stop()
     assert scaler.popen.returncode == 0

@@ -106,7 +106,7 @@ def test_a_change_is_applied_logged_recorded_and_exported(client, fresh_redis, c
     assert 'inferpool_scaler_decisions_total{direction="hold",reason="steady"} 1.0' in text
     assert f'inferpool_scaler_desired_processes{{queue="inferpool.work"}} {first.target}.0' in text
     assert 'inferpool_scaler_max_processes{queue="inferpool.work"} 8.0' in text
-    assert 'inferpool_scaler_arrival_rate{queue="inferpool.work"} 30.0' in text
+    assert 'inferpool_scaler_arrivals_per_second{queue="inferpool.work"} 30.0' in text
 
 
 async def _status(url: str) -> dict:

@@ -26,25 +26,25 @@ def _per_feature(name: str, help_: str, labels: Sequence[str] = ("feature",)) ->
 
 def drift_families(report: DriftReport | None, s: Settings) -> Iterator[Metric]:
     """Every drift family; only TYPE lines (no samples) when there is no report (no model yet)."""
-    samples = GaugeMetricFamily("inferpool_drift_window_samples", "Predicted rows in the shared drift window")
-    refused = GaugeMetricFamily("inferpool_drift_window_refused", "Rows refused at the API in the drift window")
+    samples = GaugeMetricFamily("inferpool_drift_window_rows", "Predicted rows in the shared drift window")
+    refused = GaugeMetricFamily("inferpool_drift_window_refused_rows", "Rows refused at the API in the drift window")
     psi = _per_feature("inferpool_drift_feature_psi", "Population stability index per feature")
     ks = _per_feature("inferpool_drift_feature_ks", "Kolmogorov-Smirnov statistic per feature")
     pvalue = _per_feature(
         "inferpool_drift_feature_pvalue", "p-value of the window against training, per feature", ("feature", "test")
     )
-    importance = _per_feature("inferpool_drift_feature_importance", "Share of the model's permutation importance")
+    importance = _per_feature("inferpool_drift_feature_importance_ratio", "Share of the model's permutation importance")
     important = _per_feature(
         "inferpool_drift_feature_important", "1 for the fewest features carrying drift_top_importance of it"
     )
     impact = _per_feature("inferpool_drift_feature_impact", "Importance x drift (units of the major threshold)")
-    refused_share = _per_feature("inferpool_drift_feature_refused_share", "Share of window rows refused for it")
+    refused_share = _per_feature("inferpool_drift_feature_refused_ratio", "Share of window rows refused for it")
     verdict = _per_feature(
         "inferpool_drift_feature_verdict", "1 for each feature's current verdict", ("feature", "verdict")
     )
-    n_bad = GaugeMetricFamily("inferpool_drift_features_drifted", "Features whose verdict is moderate or major")
+    n_bad = GaugeMetricFamily("inferpool_drift_drifted_features", "Features whose verdict is moderate or major")
     share = GaugeMetricFamily(
-        "inferpool_drift_weighted_share", "Share of the importance carried by moderate or major features"
+        "inferpool_drift_drifted_importance_ratio", "Share of the importance carried by moderate or major features"
     )
     dataset = GaugeMetricFamily("inferpool_drift_dataset_drifted", "1 when the window's verdict is drifted")
     classes = GaugeMetricFamily("inferpool_drift_predictions_psi", "PSI of the predicted-class mix against training")
@@ -89,9 +89,12 @@ def concept_families(
 ) -> Iterator[Metric]:
     """Realised accuracy over the newest labels against the held-out score, and the concept-drift verdict."""
     realised = GaugeMetricFamily(
-        "inferpool_accuracy_realised", "Accuracy of the newest labelled predictions (INFERPOOL_DRIFT_ACCURACY_WINDOW)"
+        "inferpool_accuracy_realised_ratio",
+        "Accuracy of the newest labelled predictions (INFERPOOL_DRIFT_ACCURACY_WINDOW)",
     )
-    training = GaugeMetricFamily("inferpool_accuracy_training", "Held-out accuracy recorded at train/register time")
+    training = GaugeMetricFamily(
+        "inferpool_accuracy_training_ratio", "Held-out accuracy recorded at train/register time"
+    )
     labels = GaugeMetricFamily("inferpool_accuracy_labels", "Labelled predictions the realised accuracy is over")
     drifted = GaugeMetricFamily(
         "inferpool_concept_drifted", "1 when realised accuracy is significantly below the held-out score"
