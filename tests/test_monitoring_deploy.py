@@ -37,6 +37,11 @@ def dashboard_exprs() -> list[str]:
     return [t["expr"] for p in doc["panels"] for t in p.get("targets", [])]
 
 
+def alert_rules() -> list[dict]:
+    doc = yaml.safe_load((PROM / "alerts.yml").read_text())
+    return [r for g in doc["groups"] for r in g["rules"]]
+
+
 def alert_exprs() -> dict[str, str]:
     doc = yaml.safe_load((PROM / "alerts.yml").read_text())
     return {r["alert"]: r["expr"] for g in doc["groups"] for r in g["rules"]}
@@ -57,6 +62,20 @@ def test_promtool_accepts_configs_rules_and_alert_unit_tests():
     assert r.returncode == 0, r.stdout + r.stderr
     tested = set(re.findall(r"alertname: (\w+)", (PROM / "alerts_test.yml").read_text()))
     assert tested == set(alert_exprs()), "every alert has a promtool unit test"
+
+
+def test_every_alert_explains_itself_and_links_its_runbook_entry():
+    """summary, description and a runbook_url whose anchor is an entry of the README's Runbook section."""
+    readme = (ROOT / "README.md").read_text()
+    runbook = readme.split("\n## Runbook\n", 1)[1].split("\n## ", 1)[0]
+    entries = {h.lower() for h in re.findall(r"^### (\w+)$", runbook, re.M)}
+    rules = alert_rules()
+    for rule in rules:
+        notes = rule["annotations"]
+        assert notes.get("summary") and notes.get("description"), rule["alert"]
+        assert len(notes["description"]) > len(notes["summary"]) // 2, rule["alert"]
+        assert notes.get("runbook_url") == f"README.md#{rule['alert'].lower()}", rule["alert"]
+    assert entries == {r["alert"].lower() for r in rules}, "one Runbook entry per alert, none for a missing alert"
 
 
 @needs_promtool
