@@ -6,10 +6,12 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib import metadata
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from starlette.responses import PlainTextResponse, Response
 
-from api import errors
+from api import errors, openapi
 from api.edge import EdgeGuard
 from api.job_ttl import InflightTtl
 from api.responses import OrjsonResponse
@@ -53,6 +55,18 @@ class RequestMetrics:
             metrics.HTTP_DURATION.labels(route=path, method=method).observe(time.perf_counter() - start)
 
 
+def _version() -> str:
+    try:
+        return metadata.version("inferpool")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "0+unknown"
+
+
+async def _metrics(request: Request) -> Response:
+    """Prometheus text exposition of this API's processes."""
+    return await telemetry.metrics_endpoint(request)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     s = settings or get_settings()
     telemetry.setup_logging("api", s)
@@ -83,17 +97,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="inferpool",
-        version="0.1.0",
+        version=_version(),
         description="Queue-based batch inference: submit, queue, predict, poll.",
         lifespan=lifespan,
         default_response_class=OrjsonResponse,
     )
     app.state.keys = load_tables(s)
     errors.install(app)
+    openapi.install(app)
     app.include_router(predict.router)
     app.include_router(jobs.router)
     app.include_router(ops.router)
-    app.add_route("/metrics", telemetry.metrics_endpoint, include_in_schema=False)
+    app.add_api_route(
+        "/metrics", _metrics, methods=["GET"], tags=["monitoring"], response_class=PlainTextResponse,
+        responses={200: {"description": "Prometheus text exposition (version 0.0.4)."}},
+    )  # fmt: skip
     # Outermost last: every request is counted (refusals too), then checked at the edge before any route.
     app.add_middleware(
         EdgeGuard, keys=app.state.keys, call_limit_bytes=s.max_call_body_bytes, job_limit_bytes=s.max_body_bytes

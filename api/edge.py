@@ -126,7 +126,7 @@ class EdgeGuard:
         scope: Scope, send: Send, status: int, code: str, message: str, hang_up: bool, headers: dict | None = None
     ) -> None:
         extra = {**(headers or {}), **({"Connection": "close"} if hang_up else {})}
-        resp = errors.error_response(status, code, message, headers=extra or None)
+        resp = errors.error_response(status, code, message, scope["path"], headers=extra or None)
 
         async def nothing() -> Message:  # the body is never read
             return {"type": "http.disconnect"}

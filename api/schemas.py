@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict
 
@@ -84,11 +84,25 @@ class FeedbackRequest(BaseModel):
     labels: list[FeedbackItem] = Field(..., min_length=1, max_length=10_000)
 
 
-class ErrorBody(BaseModel):
-    error: str
+# --- errors: RFC 9457 problem details (application/problem+json), built in api/errors.py ---------------
+
+
+class ProblemDetail(BaseModel):
+    field: str = Field(description="Dotted path of the offending field, e.g. instances.3.7.")
     message: str
-    field: str | None = None
-    job_id: str | None = None
+
+
+class Problem(BaseModel):
+    """An error answer. ``type`` names the kind for programs; ``detail`` says what is wrong and names the field."""
+
+    type: str = Field(description="URI naming the problem type, e.g. tag:inferpool,2026:problem/invalid_input.")
+    title: str = Field(description="Short summary of the problem type (the same for every occurrence).")
+    status: int = Field(description="The HTTP status code.")
+    detail: str = Field(description="What is wrong with this request; names the field where there is one.")
+    instance: str = Field(description="The request path this problem occurred on.")
+    field: str | None = Field(None, description="The offending field (dotted path), or a header's name.")
+    details: list[ProblemDetail] | None = Field(None, description="422 only: each invalid field (at most 20).")
+    job_id: str | None = Field(None, description="504 only: the id to poll with GET /v1/jobs/{job_id}.")
 
 
 # --- monitoring ---------------------------------------------------------------------------------
@@ -182,3 +196,121 @@ class AccuracyResponse(BaseModel):
     accuracy: float | None
     label_delay_s: LabelDelay
     concept: ConceptVerdict
+
+
+class FeedbackSummary(BaseModel):
+    count: int
+    correct: int
+    accuracy: float | None
+    label_delay_s: LabelDelay
+
+
+class FeedbackAccepted(BaseModel):
+    accepted: int = Field(description="Labels recorded by this request.")
+    summary: FeedbackSummary
+
+
+# --- ops and admin ------------------------------------------------------------------------------
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyChecks(BaseModel):
+    redis: str = Field(description='"ok", or "unreachable (<error>)".')
+    workers: int = Field(description="Live workers that have loaded their model.")
+    model: str | None = Field(description="The served model version; null when there is none.")
+
+
+class Readiness(BaseModel):
+    """The same body on 200 (ready) and 503 (not ready): ``checks`` says which check failed."""
+
+    ready: bool
+    checks: ReadyChecks
+
+
+class FeatureBins(BaseModel):
+    edges: list[float | None] = Field(description="Bin edges; the outer ones are null (-inf, +inf).")
+    proportions: list[float]
+    mean: float
+    std: float
+
+
+class ModelRuntime(BaseModel):
+    runtime: Literal["onnx", "joblib"]
+    file: str | None = None
+    sha256: str | None = None
+    versions: dict[str, str] = Field(default_factory=dict)
+    rows_checked: int = 0
+    disagreements: int = 0
+    reason: str | None = Field(None, description="Why the joblib model serves, when it does.")
+    label_dtype: str | None = None
+
+
+class HeldOutScore(BaseModel):
+    method: str
+    n_rows: int
+    score: float = Field(description="Accuracy on rows the model did not see.")
+    importance: list[float] = Field(description="Permutation importance per feature.")
+    predicted_proportions: list[float]
+
+
+class ModelManifest(BaseModel):
+    version: str
+    sha256: str
+    file: str
+    n_features: int
+    classes: list[int]
+    class_proportions: list[float]
+    created: float = Field(description="Epoch seconds.")
+    estimator: str
+    features: list[FeatureBins]
+    runtime: ModelRuntime
+    n_train: int | None
+    held_out: HeldOutScore | None
+
+
+class QueueState(BaseModel):
+    depth: int = Field(description="Messages waiting, all priority sub-lists.")
+    oldest_age_s: float
+
+
+class WorkerState(BaseModel):
+    processes: int
+    busy: int
+    queues: list[str]
+    ready: bool
+    reason: str = Field(description="Why the worker is not ready, when it is not.")
+
+
+class ScalerState(BaseModel):
+    desired: int | None
+    actual: int | None
+    updated: float | None = None
+    decisions: list[dict[str, Any]] = Field(description="The newest decisions, oldest first.")
+
+
+class SystemStatus(BaseModel):
+    time: float
+    queues: dict[str, QueueState]
+    unacked: int
+    unacked_oldest_age_s: float
+    workers: dict[str, WorkerState]
+    pool_processes: int
+    busy_processes: int
+    scaler: ScalerState
+    ledger: dict[str, int] = Field(description="accepted, succeeded, failed, duplicates, ..., in_flight.")
+
+
+class AuditRecord(BaseModel):
+    job_id: str
+    key_id: str
+    submitted: float = Field(description="Epoch seconds.")
+    model_version: str
+    rows: int
+    outcome: str = Field(description="The job's status now, or expired.")
+
+
+class AuditLog(BaseModel):
+    records: list[AuditRecord] = Field(description="Newest first.")

@@ -64,6 +64,18 @@ def wait_buckets(text: str) -> dict[float, float]:
     return out
 
 
+def _raise_for_problem(r: httpx.Response) -> None:
+    """An error answer raises with the API's own words: its problem ``detail`` (RFC 9457), else the reason."""
+    if not r.is_error:
+        return
+    try:
+        detail = r.json().get("detail")
+    except ValueError:  # not JSON: a proxy's page, say
+        detail = None
+    message = f"{r.status_code} from {r.request.url.path}: {detail or r.reason_phrase}"
+    raise httpx.HTTPStatusError(message, request=r.request, response=r)
+
+
 @dataclass
 class Frame:
     at: float
@@ -84,14 +96,14 @@ class Viewer:
     async def _status(self, aclient: Any, http: httpx.AsyncClient) -> dict[str, Any]:
         if self.url:
             r = await http.get(f"{self.url}/v1/monitoring/status")
-            r.raise_for_status()
+            _raise_for_problem(r)
             return r.json()
         return await status.collect(aclient)
 
     async def _drift(self, aclient: Any, http: httpx.AsyncClient) -> str:
         if self.url:
             r = await http.get(f"{self.url}/v1/monitoring/drift")
-            r.raise_for_status()
+            _raise_for_problem(r)
             d = r.json()
         else:
             X, classes = await drift.aread_window(aclient)
@@ -106,7 +118,7 @@ class Viewer:
     async def _model(self, http: httpx.AsyncClient) -> str:
         if self.url:
             r = await http.get(f"{self.url}/v1/models")
-            r.raise_for_status()
+            _raise_for_problem(r)
             m = r.json()
             runtime = (m.get("runtime") or {}).get("runtime", "joblib")
         else:

@@ -10,6 +10,7 @@ import time
 import httpx
 import pytest
 
+from api.errors import problem_type
 from api.state import predicted_wait_s
 from inferpool import keys, queues
 
@@ -63,7 +64,7 @@ def test_predict_sheds_before_jobs_and_recovers(stack_factory):
     shed = [r for r in answers if r.status_code == 429]
     assert shed and codes.count(200) >= 3, codes
     for r in shed:
-        assert r.json()["error"] == "overloaded" and "predicted queue wait" in r.json()["message"]
+        assert r.json()["type"] == problem_type("overloaded") and "predicted queue wait" in r.json()["detail"]
         _retry_after(r)
     assert [r.status_code for r in jobs] == [202, 202], [r.text for r in jobs]  # jobs still admitted
 
@@ -90,10 +91,10 @@ def test_backlog_cap_refuses_new_work_until_it_drains(stack_factory):
     assert codes[-1] == 429 and codes[:-1] == [202] * (len(codes) - 1), codes
     assert cap <= len(codes) - 1 <= cap + 2, codes  # refused once over the cap, not long after
     refused = c.post("/v1/jobs", json={"instances": [ROW]})
-    assert refused.status_code == 429 and "backlog" in refused.json()["message"]
+    assert refused.status_code == 429 and "backlog" in refused.json()["detail"]
     _retry_after(refused)
     r = c.post("/v1/predict", json={"instances": [ROW]})
-    assert r.status_code == 429 and "backlog" in r.json()["message"]  # the cap covers every route
+    assert r.status_code == 429 and "backlog" in r.json()["detail"]  # the cap covers every route
     assert st.client.llen(keys.QUEUE_BULK) == len(codes) - 1  # nothing refused reached the queue
 
     st.start_worker("online", concurrency=1)

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from api import intake
+from api.errors import problem_type
 from inferpool import keys
 from tests.support.jobs import wait_job
 from tests.support.waiting import wait_until
@@ -180,7 +181,7 @@ def test_idempotency_key_in_flight_is_409_and_another_body_422(keyed, stack):
             claim = keys.idempotency("alice", "order-77")
             wait_until(lambda: (stack.client.get(claim) or b"").startswith(b"pending "), 10, "the key's claim")
             meanwhile = other.post("/v1/jobs", content=body, headers=headers)
-            assert meanwhile.status_code == 409 and meanwhile.json()["error"] == "conflict", meanwhile.text
+            assert meanwhile.status_code == 409 and meanwhile.json()["type"] == problem_type("conflict"), meanwhile.text
         finally:
             go.set()
             t.join()
@@ -283,10 +284,10 @@ def test_a_key_over_its_quota_gets_429_and_other_keys_do_not(stack):
     with proc_stopped(proc), client(url, BOB) as bob, client(url, ALICE) as alice:
         assert bob.post("/v1/predict", json=rows).status_code == 200  # 8 of the bucket's 10 rows
         refused = bob.post("/v1/predict", json=rows)
-        assert refused.status_code == 429 and refused.json()["error"] == "quota_exceeded", refused.text
+        assert refused.status_code == 429 and refused.json()["type"] == problem_type("quota_exceeded"), refused.text
         assert int(refused.headers["retry-after"]) >= 1
         job = bob.post("/v1/jobs", json=rows)  # jobs draw on the same bucket
-        assert job.status_code == 429 and job.json()["error"] == "quota_exceeded"
+        assert job.status_code == 429 and job.json()["type"] == problem_type("quota_exceeded")
         assert alice.post("/v1/predict", json=rows).status_code == 200  # buckets are per key
         text = alice.get("/metrics").text
     assert 'inferpool_quota_refused_total{key_id="bob",resource="rows"} 2.0' in text

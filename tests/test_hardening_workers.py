@@ -382,7 +382,7 @@ def test_api_and_workers_refuse_a_redis_that_may_evict(hstack, hapi):
         assert redis_fit.eviction_refusal("allkeys-lru", allow=True) is None  # said so on purpose: it runs
         # The running API re-reads the policy with its queue snapshot: no new work while Redis may evict it.
         r = hapi.post("/v1/jobs", json={"instances": rows(1, seed=60).tolist()})
-        assert r.status_code == 503 and "maxmemory-policy" in r.json()["message"], r.text
+        assert r.status_code == 503 and "maxmemory-policy" in r.json()["detail"], r.text
     finally:
         client.config_set("maxmemory-policy", "noeviction")
         time.sleep(0.5)  # the API's queue snapshot (a quarter of a second old at most) sees it too
@@ -400,7 +400,7 @@ def test_new_work_is_shed_by_bytes_before_redis_is_full_and_accepted_work_finish
         for route, body in (("/v1/jobs", {"instances": X.tolist()}), ("/v1/predict", {"instances": X.tolist()})):
             r = hapi.post(route, json=body)
             assert r.status_code == 429 and r.headers["retry-after"], r.text
-            assert "maxmemory" in r.json()["message"]
+            assert "maxmemory" in r.json()["detail"]
         view = wait_job(hapi, accepted.json()["job_id"], timeout_s=20)
         assert view["status"] == "succeeded" and view["predictions"] == reference_model.predict(X).tolist()
     finally:
@@ -418,7 +418,7 @@ def test_a_job_that_would_fill_redis_is_refused_before_its_rows_are_stored(hstac
         time.sleep(0.5)
         big = rows(int(used * 0.2 / 160) + 1, seed=62)  # as JSON ~20 % of used memory, as float32 rows ~ half
         r = hapi.post("/v1/jobs", json={"instances": big.tolist()})
-        assert r.status_code == 429 and "maxmemory" in r.json()["message"], r.text
+        assert r.status_code == 429 and "maxmemory" in r.json()["detail"], r.text
         assert hapi.post("/v1/jobs", json={"instances": rows(2, seed=63).tolist()}).status_code == 202
     finally:
         client.config_set("maxmemory", 0)

@@ -49,12 +49,13 @@ def limited(stack) -> Iterator[httpx.Client]:
 def assert_error(r: httpx.Response, status: int, field: str | None = None, says: str | None = None) -> dict:
     assert r.status_code == status, f"{r.status_code} {r.text[:300]}"
     assert "Traceback" not in r.text and 'File "' not in r.text
+    assert r.headers["content-type"] == "application/problem+json", r.headers
     body = r.json()
-    assert set(body) >= {"error", "message"}, body
+    assert set(body) >= {"type", "title", "status", "detail", "instance"} and body["status"] == status, body
     if field is not None:
         assert body.get("field") == field, body
     if says is not None:
-        assert says.lower() in body["message"].lower(), body
+        assert says.lower() in body["detail"].lower(), body
     return body
 
 

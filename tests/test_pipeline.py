@@ -10,6 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
+from api.errors import problem_type
 from inferpool import keys
 from tests.support.jobs import wait_job
 
@@ -112,7 +113,7 @@ def test_one_call_answer_is_pollable_as_a_job(api, reference_model):
 def test_unknown_job_is_404(api):
     r = api.get("/v1/jobs/" + "0" * 40)
     assert r.status_code == 404
-    assert r.json()["error"] == "not_found"
+    assert r.json()["type"] == problem_type("not_found")
 
 
 def test_health_ready_models(api, model_dir):

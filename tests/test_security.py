@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import redis
 
+from api.errors import problem_type
 from inferpool import keys
 from inferpool.local_redis import LocalRedis, free_port, server_command
 from inferpool.settings import Settings
@@ -113,7 +114,7 @@ def test_data_routes_need_a_valid_key(secure):
             for method, path, kw in DATA_ROUTES + ADMIN_ROUTES:
                 r = c.request(method, path, **kw)
                 assert r.status_code == 401, (key, path, r.text)
-                assert r.json()["error"] == "unauthorized" and r.headers["www-authenticate"] == "ApiKey"
+                assert r.json()["type"] == problem_type("unauthorized") and r.headers["www-authenticate"] == "ApiKey"
     with _client(secure) as c:  # liveness and readiness stay open for orchestrators
         assert c.get("/healthz").status_code == 200
         assert c.get("/readyz").status_code == 200
@@ -135,7 +136,7 @@ def test_admin_routes_need_an_admin_key_even_without_api_keys(api):
     """The shared stack has no keys configured at all: admin routes stay closed."""
     for method, path, kw in ADMIN_ROUTES:
         r = api.request(method, path, **kw)
-        assert r.status_code == 401 and "INFERPOOL_ADMIN_KEYS" in r.json()["message"]
+        assert r.status_code == 401 and "INFERPOOL_ADMIN_KEYS" in r.json()["detail"]
     assert api.post("/v1/predict", json={"instances": [ROW]}).status_code == 200  # data routes stay open
 
 
@@ -231,7 +232,7 @@ def test_results_read_only_with_the_key_that_submitted_them(secure, reference_mo
             assert r.status_code == 404 and "predictions" not in r.text, other
         for other in (job_id, answer["job_id"]):  # another key learns nothing, not even that the job exists
             r = bob.get(f"/v1/jobs/{other}")
-            assert r.status_code == 404 and r.json()["error"] == "not_found", r.text
+            assert r.status_code == 404 and r.json()["type"] == problem_type("not_found"), r.text
         fb = bob.post("/v1/feedback", json={"labels": [{"job_id": job_id, "row": 0, "label": 1}]})
         assert fb.status_code == 422 and fb.json()["field"] == "labels.0.job_id"
 
@@ -272,7 +273,7 @@ def test_wrong_redis_password_is_a_503_not_a_500(secure):
         with httpx.Client(base_url=api, timeout=10, headers={"X-API-Key": ALICE}) as c:
             assert c.get("/readyz").status_code == 503
             r = c.post("/v1/predict", json={"instances": [ROW]})
-            assert r.status_code == 503 and r.json()["error"] == "unavailable", r.text
+            assert r.status_code == 503 and r.json()["type"] == problem_type("unavailable"), r.text
             assert c.post("/v1/jobs", json={"instances": [ROW]}).status_code == 503
     finally:
         secure.procs[-1].stop()

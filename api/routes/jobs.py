@@ -13,8 +13,9 @@ from api.errors import Conflict
 from api.idempotency import Claim, ClaimState
 from api.intake.rows import RowSink
 from api.jobs import JobStore
+from api.openapi import IDEMPOTENCY_KEY, LOCATION, problems
 from api.responses import OrjsonResponse
-from api.schemas import ErrorBody, JobAccepted, JobView
+from api.schemas import JobAccepted, JobView
 from api.security import api_key_header, caller
 from api.state import JOB_QUEUES, ApiState
 from inferpool import audit, metrics
@@ -25,6 +26,7 @@ logger = logging.getLogger(__name__)
 router = APIRouter(tags=["jobs"], dependencies=[Depends(api_key_header)])
 
 JOB_BODY = {
+    "parameters": [IDEMPOTENCY_KEY],
     "requestBody": {
         "required": True,
         "content": {
@@ -61,9 +63,12 @@ def _state(request: Request) -> ApiState:
     status_code=202,
     response_model=JobAccepted,
     openapi_extra=JOB_BODY,
-    responses={400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 409: {"model": ErrorBody},
-               413: {"model": ErrorBody}, 415: {"model": ErrorBody}, 422: {"model": ErrorBody},
-               429: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses={
+        200: {"model": JobAccepted, "description": "The job already accepted under this Idempotency-Key.",
+              "headers": LOCATION},
+        202: {"description": "Accepted: every row stored and every task queued.", "headers": LOCATION},
+        **problems(400, 401, 409, 413, 415, 422, 429, 503),
+    },
 )  # fmt: skip
 async def submit(
     request: Request,
@@ -165,7 +170,7 @@ def _accepted(job_id: str, status: str, rows: int, code: int) -> OrjsonResponse:
     return OrjsonResponse(body, status_code=code, headers={"Location": url})
 
 
-@router.get("/v1/jobs/{job_id}", response_model=JobView, responses={404: {"model": ErrorBody}})
+@router.get("/v1/jobs/{job_id}", response_model=JobView, responses=problems(401, 404, 503))
 async def get_job(request: Request, job_id: str, key_id: str = Depends(caller)) -> OrjsonResponse:
     """Status, progress, timings and, once succeeded, the predictions in input order (for the submitting key)."""
     view = await _state(request).jobs.get(job_id, key_id=key_id)

@@ -7,8 +7,20 @@ import time
 from fastapi import APIRouter, Depends, Query, Request
 
 from api.inputs import require_json
+from api.openapi import problems
 from api.responses import OrjsonResponse
-from api.schemas import AccuracyResponse, DriftResponse, ErrorBody, FeedbackRequest, JobView
+from api.schemas import (
+    AccuracyResponse,
+    AuditLog,
+    DriftResponse,
+    FeedbackAccepted,
+    FeedbackRequest,
+    Health,
+    JobView,
+    ModelManifest,
+    Readiness,
+    SystemStatus,
+)  # fmt: skip
 from api.security import admin, api_key_header, caller
 from api.state import ApiState
 from inferpool import audit, drift, feedback, status
@@ -22,13 +34,18 @@ def _state(request: Request) -> ApiState:
     return request.app.state.api
 
 
-@router.get("/healthz", tags=["ops"])
+@router.get("/healthz", tags=["ops"], response_model=Health)
 async def healthz() -> dict:
     """The process is alive."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["ops"], responses={503: {"model": ErrorBody}})
+@router.get(
+    "/readyz",
+    tags=["ops"],
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Not ready: checks says which check failed."}},
+)
 async def readyz(request: Request) -> OrjsonResponse:
     """Ready when Redis answers, a model exists and at least one live worker can serve (has loaded its model)."""
     st = _state(request)
@@ -49,13 +66,25 @@ async def readyz(request: Request) -> OrjsonResponse:
     return OrjsonResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
 
-@router.get("/v1/models", tags=["ops"], dependencies=[Depends(api_key_header)])
+@router.get(
+    "/v1/models",
+    tags=["ops"],
+    response_model=ModelManifest,
+    responses=problems(401, 503),
+    dependencies=[Depends(api_key_header)],
+)
 async def models(request: Request, _: str = Depends(caller)) -> OrjsonResponse:
     """The manifest of the served model (version, sha256, features, classes, training summary)."""
     return OrjsonResponse(_state(request).manifest().to_json())
 
 
-@router.get("/v1/monitoring/status", tags=["monitoring"], dependencies=[Depends(api_key_header)])
+@router.get(
+    "/v1/monitoring/status",
+    tags=["monitoring"],
+    response_model=SystemStatus,
+    responses=problems(401, 503),
+    dependencies=[Depends(api_key_header)],
+)
 async def monitoring_status(request: Request, _: str = Depends(caller)) -> OrjsonResponse:
     """Queues, unacked messages, workers and pool size, and the scaler's recent decisions."""
     try:
@@ -65,7 +94,11 @@ async def monitoring_status(request: Request, _: str = Depends(caller)) -> Orjso
 
 
 @router.get(
-    "/v1/monitoring/drift", tags=["monitoring"], response_model=DriftResponse, dependencies=[Depends(api_key_header)]
+    "/v1/monitoring/drift",
+    tags=["monitoring"],
+    response_model=DriftResponse,
+    responses=problems(401, 503),
+    dependencies=[Depends(api_key_header)],
 )
 async def monitoring_drift(request: Request, _: str = Depends(caller)) -> OrjsonResponse:
     """Drift of recent inputs (sampled window), refusals and predicted classes against the training data.
@@ -79,7 +112,13 @@ async def monitoring_drift(request: Request, _: str = Depends(caller)) -> Orjson
     return OrjsonResponse(report.to_json())
 
 
-@router.post("/v1/feedback", tags=["monitoring"], dependencies=[Depends(api_key_header)])
+@router.post(
+    "/v1/feedback",
+    tags=["monitoring"],
+    response_model=FeedbackAccepted,
+    responses=problems(400, 401, 413, 415, 422, 503),
+    dependencies=[Depends(api_key_header)],
+)
 async def post_feedback(
     body: FeedbackRequest, request: Request, key_id: str = Depends(caller), __: None = Depends(require_json)
 ) -> OrjsonResponse:
@@ -114,6 +153,7 @@ async def post_feedback(
     "/v1/monitoring/accuracy",
     tags=["monitoring"],
     response_model=AccuracyResponse,
+    responses=problems(401, 503),
     dependencies=[Depends(api_key_header)],
 )
 async def accuracy(request: Request, _: str = Depends(caller)) -> OrjsonResponse:
@@ -125,7 +165,13 @@ async def accuracy(request: Request, _: str = Depends(caller)) -> OrjsonResponse
     return OrjsonResponse({**feedback.summarize(items), "concept": verdict.to_json()})
 
 
-@router.get("/v1/admin/audit", tags=["admin"], dependencies=[Depends(api_key_header)])
+@router.get(
+    "/v1/admin/audit",
+    tags=["admin"],
+    response_model=AuditLog,
+    responses=problems(401, 422, 503),
+    dependencies=[Depends(api_key_header)],
+)
 async def audit_log(
     request: Request,
     since: float = Query(0.0, description="Epoch seconds.", allow_inf_nan=False),
@@ -138,7 +184,13 @@ async def audit_log(
     return OrjsonResponse({"records": rows})
 
 
-@router.post("/v1/admin/model/reload", tags=["admin"], dependencies=[Depends(api_key_header)])
+@router.post(
+    "/v1/admin/model/reload",
+    tags=["admin"],
+    response_model=ModelManifest,
+    responses=problems(401, 503),
+    dependencies=[Depends(api_key_header)],
+)
 async def reload_model(request: Request, _: str = Depends(admin)) -> OrjsonResponse:
     """Re-read the served model's manifest (after `inferpool train` or `inferpool register`)."""
     return OrjsonResponse(_state(request).reload_manifest().to_json())

@@ -9,8 +9,9 @@ from fastapi import APIRouter, Depends, Request
 
 from api.batcher import Entry
 from api.inputs import check_values, require_json
+from api.openapi import problems
 from api.responses import OrjsonResponse
-from api.schemas import CompatRequest, CompatResponse, ErrorBody, PredictRequest, PredictResponse
+from api.schemas import CompatRequest, CompatResponse, PredictRequest, PredictResponse
 from api.security import api_key_header, caller
 from api.state import ApiState
 from inferpool import keys, metrics
@@ -19,11 +20,7 @@ from inferpool.model_store import Manifest
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(api_key_header)])
 
-ERRORS = {
-    400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 413: {"model": ErrorBody}, 415: {"model": ErrorBody},
-    422: {"model": ErrorBody}, 429: {"model": ErrorBody},
-    503: {"model": ErrorBody}, 504: {"model": ErrorBody, "description": "Timed out; poll the job id"},
-}  # fmt: skip
+ERRORS = problems(400, 401, 413, 415, 422, 429, 503, 504)
 
 
 def _state(request: Request) -> ApiState:
