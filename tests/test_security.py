@@ -115,6 +115,9 @@ def test_data_routes_need_a_valid_key(secure):
                 r = c.request(method, path, **kw)
                 assert r.status_code == 401, (key, path, r.text)
                 assert r.json()["type"] == problem_type("unauthorized") and r.headers["www-authenticate"] == "ApiKey"
+                # refused at the edge, before FastAPI: the same problem shape as a route's error
+                assert r.headers["content-type"] == "application/problem+json"
+                assert (r.json()["status"], r.json()["instance"]) == (401, path) and r.json()["detail"]
     with _client(secure) as c:  # liveness and readiness stay open for orchestrators
         assert c.get("/healthz").status_code == 200
         assert c.get("/readyz").status_code == 200
