@@ -20,7 +20,7 @@ from api.schemas import (
     ModelManifest,
     Readiness,
     SystemStatus,
-)  # fmt: skip
+)
 from api.security import admin, api_key_header, caller
 from api.state import ApiState
 from inferpool import audit, drift, feedback, status
