@@ -113,6 +113,14 @@ def test_every_metric_in_dashboard_and_alerts_is_exposed(stack, api):
     finally:
         server.close()
     exposed = set().union(*(names_in(t) for t in texts))
+    # Prometheus's naming rules: promtool lints _total on counters, base units and snake_case; and no
+    # name of ours ends in a unit-less or rate word (a depth is messages, a share a ratio, a rate PromQL's).
+    if shutil.which("promtool"):
+        for text in texts:
+            lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+            assert lint.returncode == 0, lint.stdout + lint.stderr
+    badly_named = {n for n in exposed if re.search(r"_(rate|depth|share|percent|ms|milliseconds)$", n)}
+    assert not badly_named, badly_named
     scaler = _scaler_names()
     if scaler:
         assert scaler >= SCALER_OWNED, "the scaler exports the names the alerts and dashboard use"
