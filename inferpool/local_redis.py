@@ -12,6 +12,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
@@ -49,7 +50,8 @@ class LocalRedis:
     """One redis-server process; ``restart()`` keeps its port and data directory (AOF replays).
 
     ``host`` is the one address it listens on: loopback for a laptop, another interface's address when
-    workers on other hosts must reach it (the second host of ``tests/test_second_host.py``).
+    workers on other hosts must reach it (the second host of ``tests/test_second_host.py``). Such a Redis
+    needs ``password``: without one, protected mode answers every client not on loopback with DENIED.
     """
 
     data_dir: Path
@@ -57,23 +59,28 @@ class LocalRedis:
     aof: bool = True
     proc: subprocess.Popen | None = None
     host: str = "127.0.0.1"
+    password: str | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     def start(self) -> LocalRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port(self.host)
+        argv = server_command(self.port, self.data_dir, self.aof, self.host)
         self.proc = subprocess.Popen(
-            server_command(self.port, self.data_dir, self.aof, self.host), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            argv + (["--requirepass", self.password] if self.password else []),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self.wait_ready()
         return self
 
     def wait_ready(self) -> None:
-        client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis(host=self.host, port=self.port, password=self.password, socket_connect_timeout=0.5)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             try:

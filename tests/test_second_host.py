@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -140,10 +141,9 @@ def _wait_http(url: str, proc: Started, auth: tuple[str, str] | None = None) -> 
     wait_until(up, START_TIMEOUT_S, f"{proc.name} at {url}", every=0.2)
 
 
-def _start_worker(h: TwoHosts, key: str, role: str, on_b: bool) -> None:
+def _start_worker(h: TwoHosts, key: str, role: str, on_b: bool) -> tuple[str, Started]:
     """A worker named ``role-x@%h``: Celery puts the hostname of where it runs (host A's or B's) in its name."""
-    host = h.ns.hostname if on_b else h.host_a
-    node = f"{key}@{host}"
+    node = f"{key}@{h.ns.hostname if on_b else h.host_a}"
     argv = _cli("worker", "--role", role, "-c", "1", "--name", f"{key}@%h")
     env = h.env
     if on_b:  # another machine: its own metrics directory; same code and model files (a shared image)
@@ -151,13 +151,17 @@ def _start_worker(h: TwoHosts, key: str, role: str, on_b: bool) -> None:
         metrics.mkdir(exist_ok=True)
         env = {**h.env, "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
         argv = h.ns.argv(argv)
-    proc = h.spawn(key, argv, env)
-    wait_until(
-        lambda: proc.popen.poll() is None and bool(h.client.zscore(keys.WORKERS, node)),
-        START_TIMEOUT_S,
-        f"worker {node} to heartbeat ({proc.log})",
-    )
     h.nodes[key] = node
+    return node, h.spawn(key, argv, env)
+
+
+def _wait_workers(h: TwoHosts, started: list[tuple[str, Started]]) -> None:
+    for node, proc in started:
+        wait_until(
+            lambda node=node, proc=proc: proc.popen.poll() is None and bool(h.client.zscore(keys.WORKERS, node)),
+            START_TIMEOUT_S,
+            f"worker {node} to heartbeat ({proc.log})",
+        )
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +177,8 @@ def two_hosts(tmp_path_factory, model_dir) -> Iterator[TwoHosts]:
     srv: LocalRedis | None = None
     h: TwoHosts | None = None
     try:
-        srv = LocalRedis(out / "redis", aof=True, host=ns.host_addr).start()
+        # Reachable from another host, so protected by a password (protected mode refuses others without one).
+        srv = LocalRedis(out / "redis", aof=True, host=ns.host_addr, password=secrets.token_urlsafe(16)).start()
         (out / "metrics-a").mkdir()
         env = base_env(
             srv.url, model_dir, out / "metrics-a", **FAST_DELIVERY, **SCALER,
@@ -184,10 +189,13 @@ def two_hosts(tmp_path_factory, model_dir) -> Iterator[TwoHosts]:
             INFERPOOL_PREDICT_MAX_WAIT_S="5",
         )  # fmt: skip
         h = TwoHosts(ns, srv, env, out, socket.gethostname())
-        _start_worker(h, "online-a", "online", on_b=False)
-        _start_worker(h, "work-a", "work", on_b=False)
-        _start_worker(h, "online-b", "online", on_b=True)
-        _start_worker(h, "work-b", "work", on_b=True)
+        # Everything starts at once (a loaded 2-core machine takes seconds per process), then is waited for.
+        workers = [
+            _start_worker(h, "online-a", "online", on_b=False),
+            _start_worker(h, "work-a", "work", on_b=False),
+            _start_worker(h, "online-b", "online", on_b=True),
+            _start_worker(h, "work-b", "work", on_b=True),
+        ]
         port = free_port(ns.host_addr)
         api = h.spawn("api", _cli("api", "--host", ns.host_addr, "--port", str(port)))
         h.api_url = f"http://{ns.host_addr}:{port}"
@@ -196,6 +204,7 @@ def two_hosts(tmp_path_factory, model_dir) -> Iterator[TwoHosts]:
         h.flower_url = f"http://{ns.host_addr}:{port}"
         scaler = h.spawn("scaler", _cli("scaler", "--actuator", "celery", "--min", "2", "--max", str(SCALER_MAX)))
         h.exporter_url = f"http://{ns.host_addr}:{env['INFERPOOL_SCALER_METRICS_PORT']}"
+        _wait_workers(h, workers)
         _wait_http(f"{h.api_url}/readyz", api)
         _wait_http(f"{h.flower_url}/healthcheck", flower)
         _wait_http(f"{h.exporter_url}/targets", scaler)
@@ -288,19 +297,23 @@ def _flower_processes(page: Any, h: TwoHosts, node: str) -> int:
 
 def test_flower_in_a_browser_lists_both_hosts_with_relative_links(two_hosts, browser):
     h = two_hosts
-    anonymous = browser.new_page()
-    assert anonymous.goto(f"{h.flower_url}/workers").status == 401  # basic auth, always
+    anonymous = browser.new_context()
+    assert anonymous.request.get(f"{h.flower_url}/workers").status == 401  # basic auth, always
     anonymous.close()
     page = _flower_login(browser, h)
 
+    # The table is filled and refreshed by the page's script from Flower's event state: load once, then watch.
+    page.goto(f"{h.flower_url}/workers", wait_until="load")
+
     def listed() -> bool:
-        page.goto(f"{h.flower_url}/workers", wait_until="domcontentloaded")
-        text = page.locator("table").first.inner_text()
+        text = page.locator("#workers-table").inner_text()
         return all(node in text for node in h.nodes.values())
 
-    wait_until(listed, 30, "Flower to list the workers of both hosts", every=1.0)
     shot = h.out / "flower-workers.png"
-    page.screenshot(path=str(shot), full_page=True)
+    try:
+        wait_until(listed, 30, "Flower to list the workers of both hosts", every=1.0)
+    finally:
+        page.screenshot(path=str(shot), full_page=True)
     hrefs = page.eval_on_selector_all("a[href], link[href], script[src]", "els => els.map(e => e.href || e.src)")
     assert hrefs and not [u for u in hrefs if LOOPBACK.search(u)], hrefs
     own = [u for u in hrefs if u.startswith("http") and "/worker/" in u]
@@ -427,7 +440,9 @@ def test_host_b_lost_mid_load_loses_nothing(two_hosts, reference_model):
     wait_until(drained, 60, "the ledger to balance and the queues to drain")
     led = {k: v - ledger_before.get(k, 0) for k, v in _ledger(h).items()}
     wrong = [
-        s.job_id for s in load.accepted if views[s.job_id]["predictions"] != reference_model.predict(rows(s.n, s.seed)).tolist()
+        s.job_id
+        for s in load.accepted
+        if views[s.job_id]["predictions"] != reference_model.predict(rows(s.n, s.seed)).tolist()
     ]
     statuses = sorted({s.status for s in load.submitted})
     figures = {
