@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -51,7 +52,7 @@ from tests.support.waiting import wait_until
 from workers.app import make_app
 
 FLOWER_USER, FLOWER_PASSWORD = "ops", "second-host-pw"
-START_TIMEOUT_S = 40.0
+START_TIMEOUT_S = 90.0  # a loaded 2-core machine starts 8 processes at once slowly
 CHUNK_ROWS = 200
 # A lost host's messages come back after 8 s; tasks end within 7 s (see tests/test_chaos.py).
 FAST_DELIVERY = {
@@ -70,7 +71,7 @@ SCALER = {
 }
 LOOPBACK = re.compile(r"\b(127\.\d+\.\d+\.\d+|localhost)\b")
 
-pytestmark = pytest.mark.timeout(150)
+pytestmark = pytest.mark.timeout(240)
 
 
 @dataclass
@@ -223,16 +224,14 @@ def two_hosts(tmp_path_factory, model_dir) -> Iterator[TwoHosts]:
 
 @pytest.fixture(scope="module")
 def browser(two_hosts) -> Iterator[Any]:
-    """Headless Chromium through Playwright: Playwright's own build if installed, else Debian's."""
+    """Headless Chromium through Playwright: Debian's build (``make tools``) where installed, else Playwright's."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
     with sync_api.sync_playwright() as p:
         try:
-            b = p.chromium.launch(args=["--no-sandbox"])
-        except sync_api.Error:
-            exe = shutil.which("chromium") or shutil.which("chromium-browser")
-            if exe is None:
-                pytest.skip("no Chromium: `make tools` installs Debian's chromium package")
             b = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
+        except sync_api.Error as exc:
+            pytest.skip(f"no Chromium to drive (`make tools` installs Debian's chromium): {exc.message[:200]}")
         yield b
         b.close()
 
@@ -305,19 +304,21 @@ def test_flower_in_a_browser_lists_both_hosts_with_relative_links(two_hosts, bro
     # The table is filled and refreshed by the page's script from Flower's event state: load once, then watch.
     page.goto(f"{h.flower_url}/workers", wait_until="load")
 
+    seen: list[str] = []
+
     def listed() -> bool:
-        text = page.locator("#workers-table").inner_text()
-        return all(node in text for node in h.nodes.values())
+        seen[:] = [node for node in h.nodes.values() if page.get_by_text(node, exact=True).count()]
+        return len(seen) == len(h.nodes)
 
     shot = h.out / "flower-workers.png"
     try:
-        wait_until(listed, 30, "Flower to list the workers of both hosts", every=1.0)
+        wait_until(listed, 30, f"Flower to list the workers of both hosts (seen: {seen})", every=1.0)
     finally:
         page.screenshot(path=str(shot), full_page=True)
     hrefs = page.eval_on_selector_all("a[href], link[href], script[src]", "els => els.map(e => e.href || e.src)")
     assert hrefs and not [u for u in hrefs if LOOPBACK.search(u)], hrefs
     own = [u for u in hrefs if u.startswith("http") and "/worker/" in u]
-    assert {u.rsplit("/", 1)[-1] for u in own} >= set(h.nodes.values()), own
+    assert {unquote(u.rsplit("/", 1)[-1]) for u in own} >= set(h.nodes.values()), own
     assert all(u.startswith(h.flower_url) for u in own), own  # links follow the address Flower was opened at
     h.report.setdefault("screenshots", []).append(str(shot))
     print(f"\nscreenshot: {shot}")
@@ -414,7 +415,8 @@ def test_host_b_lost_mid_load_loses_nothing(two_hosts, reference_model):
         in_flight_before = [s.job_id for s in load.accepted]
         killed = h.ns.kill_all()
         killed_at = time.monotonic()
-        assert killed and not h.ns.pids()
+        assert killed
+        wait_until(lambda: not h.ns.pids(), 5, "every process of host B to be gone", every=0.05)
 
         capacity_s: float | None = None
         a_peak = before["work-a"]

@@ -39,7 +39,7 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 def why_not() -> str | None:
     """The reason namespaces cannot be made here, or None when they can be tried."""
     if os.geteuid() != 0:
-        return "network namespaces need root (ip netns add); running as uid %d" % os.geteuid()
+        return f"network namespaces need root (ip netns add); running as uid {os.geteuid()}"
     for tool in ("ip", "unshare", "hostname"):
         if shutil.which(tool) is None:
             return f"no `{tool}` command on PATH (apt-get install iproute2 util-linux hostname)"
@@ -66,6 +66,15 @@ def free_subnet() -> ipaddress.IPv4Network:
     raise NamespaceRefused(f"no free /30 in {SUBNET_PREFIX}.0.0/16")
 
 
+def _running(pid: int) -> bool:
+    """False once ``pid`` is gone or a zombie (killed, not yet reaped by its parent)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 @dataclass(frozen=True)
 class Namespace:
     name: str
@@ -81,9 +90,9 @@ class Namespace:
         return ["ip", "netns", "exec", self.name, "unshare", "--uts", "sh", "-c", inner]
 
     def pids(self) -> list[int]:
-        """Every process in the namespace (whatever started it)."""
+        """Every process in the namespace (whatever started it) that is still running: not a zombie."""
         out = _ip("netns", "pids", self.name, check=False).stdout
-        return [int(p) for p in out.split()]
+        return [int(p) for p in out.split() if _running(int(p))]
 
     def kill_all(self) -> list[int]:
         """The host is lost: SIGKILL every process in it at once; returns their pids."""
