@@ -64,9 +64,10 @@ test: install tools
 	$(PY) -m pytest
 
 # The second host (a network namespace) alone, verbose, with its report: addresses, scaler spread, Flower and
-# the load-test report in Chromium (screenshots), the host lost under load and the time to recover.
+# the load-test report in Chromium (screenshots kept in results/second-host), the host lost under load and the
+# time to recover. Needs root for `ip netns`; skips with the reason otherwise.
 second-host: install tools
-	$(PY) -m pytest tests/test_second_host.py -v -s
+	$(PY) -m pytest tests/test_second_host.py -v -s -p no:cacheprovider --basetemp=results/second-host
 
 # deptry twice: the whole tree (tests and benchmarks too) imports only declared packages; the application
 # packages alone import nothing that only the dev extra brings.

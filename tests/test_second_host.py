@@ -50,6 +50,7 @@ from tests.support.bounded_load import BoundedLoad, rows
 from tests.support.jobs import wait_job
 from tests.support.waiting import wait_until
 from workers.app import make_app
+from workers.metrics_server import advertised_host, loopback_only
 
 FLOWER_USER, FLOWER_PASSWORD = "ops", "second-host-pw"
 START_TIMEOUT_S = 90.0  # a loaded 2-core machine starts 8 processes at once slowly
@@ -203,7 +204,9 @@ def two_hosts(tmp_path_factory, model_dir) -> Iterator[TwoHosts]:
         port = free_port(ns.host_addr)
         flower = h.spawn("flower", _cli("flower", "--address", ns.host_addr, "--port", str(port)))
         h.flower_url = f"http://{ns.host_addr}:{port}"
-        scaler = h.spawn("scaler", _cli("scaler", "--actuator", "celery", "--min", "2", "--max", str(SCALER_MAX)))
+        scaler_argv = _cli("scaler", "--actuator", "celery", "--min", str(SCALER_MIN), "--max", str(SCALER_MAX))
+        # INFO: every pool command it sends is logged with its target worker (what the scaler test reads).
+        scaler = h.spawn("scaler", scaler_argv, {**env, "INFERPOOL_LOG_LEVEL": "INFO"})
         h.exporter_url = f"http://{ns.host_addr}:{env['INFERPOOL_SCALER_METRICS_PORT']}"
         _wait_workers(h, workers)
         _wait_http(f"{h.api_url}/readyz", api)
@@ -282,6 +285,19 @@ def test_listen_and_advertised_addresses_reach_across_hosts(two_hosts):
     }  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("bind", "redis_url", "warned"),
+    [
+        ("127.0.0.1", "redis://10.0.0.5:6379/0", True),  # the default bind, Redis on another host
+        ("127.0.0.1", "redis://127.0.0.1:6379/0", False),  # one machine: loopback is all there is
+        ("localhost", "redis://redis.internal:6379/0", True),
+        ("10.0.0.7", "redis://10.0.0.5:6379/0", False),
+    ],
+)
+def test_a_worker_warns_when_its_metrics_are_loopback_only(bind, redis_url, warned):
+    assert loopback_only(advertised_host(bind, redis_url), redis_url) is warned
+
+
 def _flower_login(browser: Any, h: TwoHosts) -> Any:
     context = browser.new_context(http_credentials={"username": FLOWER_USER, "password": FLOWER_PASSWORD})
     return context.new_page()
@@ -325,6 +341,17 @@ def test_flower_in_a_browser_lists_both_hosts_with_relative_links(two_hosts, bro
     page.context.close()
 
 
+SCALER_COMMAND = re.compile(r"(pool_grow|pool_shrink)\((\d+)\) on (\S+): ")
+
+
+def _scaler_commands(h: TwoHosts) -> dict[str, dict[str, int]]:
+    """Processes added and removed per worker, from the scaler's log of acknowledged pool commands."""
+    out: dict[str, dict[str, int]] = {"pool_grow": {}, "pool_shrink": {}}
+    for command, n, node in SCALER_COMMAND.findall((h.out / "scaler.log").read_text(errors="replace")):
+        out[command][node] = out[command].get(node, 0) + int(n)
+    return out
+
+
 def test_scaler_grows_and_shrinks_both_hosts_and_flower_shows_it(two_hosts, browser):
     h = two_hosts
     page = _flower_login(browser, h)
@@ -359,9 +386,14 @@ def test_scaler_grows_and_shrinks_both_hosts_and_flower_shows_it(two_hosts, brow
     shrunk_s = time.monotonic() - t1
     assert {s.status for s in load.submitted} <= {202, 429}, {s.status for s in load.submitted}
     assert all(wait_job(httpx.Client(base_url=h.api_url), s.job_id)["status"] == "succeeded" for s in load.accepted)
+    # The changes were the scaler's: its remote-control commands, acknowledged by each host's worker.
+    commands = _scaler_commands(h)
+    for command in ("pool_grow", "pool_shrink"):
+        assert {h.nodes["work-a"], h.nodes["work-b"]} <= set(commands[command]), commands
     h.report["scaler"] = {
         "processes_before": before, "peak": peak, "grown_on_both_hosts_after_s": round(grown_s, 1),
         "shrunk_back_after_load_s": round(shrunk_s, 1), "jobs_accepted": len(load.accepted),
+        "commands_acknowledged": commands,
     }  # fmt: skip
     h.report.setdefault("screenshots", []).append(str(shot))
     print(f"\nscreenshot: {shot}")
@@ -412,7 +444,7 @@ def test_host_b_lost_mid_load_loses_nothing(two_hosts, reference_model):
             every=0.1,
         )
         before = {k: h.processes(k) for k in ("work-a", "work-b")}
-        in_flight_before = [s.job_id for s in load.accepted]
+        accepted_before_kill = [s.job_id for s in load.accepted]
         killed = h.ns.kill_all()
         killed_at = time.monotonic()
         assert killed
@@ -430,7 +462,7 @@ def test_host_b_lost_mid_load_loses_nothing(two_hosts, reference_model):
         load.stop()
     # Every job accepted before the kill ends; the time the last of them took is the work's recovery.
     with httpx.Client(base_url=h.api_url, timeout=15) as c:
-        for job_id in in_flight_before:
+        for job_id in accepted_before_kill:
             wait_job(c, job_id, timeout_s=60)
         work_s = time.monotonic() - killed_at
         views = {s.job_id: wait_job(c, s.job_id, timeout_s=60) for s in load.accepted}
@@ -451,10 +483,11 @@ def test_host_b_lost_mid_load_loses_nothing(two_hosts, reference_model):
         "processes_before_kill": before,
         "processes_killed": len(killed),
         "jobs_accepted": len(load.accepted),
-        "jobs_in_flight_at_kill": len(in_flight_before),
+        "jobs_accepted_before_kill": len(accepted_before_kill),
         "statuses": statuses,
         "ledger_delta": led,
         "host_a_work_processes_peak": a_peak,
+        "scaler_commands_total": _scaler_commands(h),
         "capacity_replaced_on_host_a_s": None if capacity_s is None else round(capacity_s, 1),
         "work_of_the_lost_host_done_s": round(work_s, 1),
         "full_recovery_s": round(max(work_s, capacity_s or 0.0), 1) if capacity_s is not None else None,
