@@ -70,6 +70,7 @@ SCALER = {
     "INFERPOOL_SCALER_COOLDOWN_S": "1",
     "INFERPOOL_SCALER_WORKER_MAX_PROCS": str(SCALER_MAX),
 }
+LOAD_BEFORE_KILL_S = 3.0
 LOOPBACK = re.compile(r"\b(127\.\d+\.\d+\.\d+|localhost)\b")
 
 pytestmark = pytest.mark.timeout(240)
@@ -436,7 +437,8 @@ def test_host_b_lost_mid_load_loses_nothing(two_hosts, reference_model):
     load.seed0 = 50_000
     load.start()
     try:
-        # Kill once host B is busy with work and the scaler has grown the pools for the load.
+        # Kill mid-load: after LOAD_BEFORE_KILL_S of it, once host B's work worker is grown and busy.
+        time.sleep(LOAD_BEFORE_KILL_S)
         wait_until(
             lambda: int(h.heartbeat(h.nodes["work-b"]).get("busy", 0)) > 0 and h.processes("work-b") >= 2,
             40,
