@@ -67,6 +67,7 @@ test: install tools
 # the load-test report in Chromium (screenshots kept in results/second-host), the host lost under load and the
 # time to recover. Needs root for `ip netns`; skips with the reason otherwise.
 second-host: install tools
+	mkdir -p results
 	$(PY) -m pytest tests/test_second_host.py -v -s -p no:cacheprovider --basetemp=results/second-host
 
 # deptry twice: the whole tree (tests and benchmarks too) imports only declared packages; the application
