@@ -299,6 +299,14 @@ def test_a_worker_warns_when_its_metrics_are_loopback_only(bind, redis_url, warn
     assert loopback_only(advertised_host(bind, redis_url), redis_url) is warned
 
 
+def test_no_root_no_namespace_and_the_reason_says_so(monkeypatch):
+    monkeypatch.setattr(netns.os, "geteuid", lambda: 1000)
+    assert "need root" in (netns.why_not() or "")
+    monkeypatch.setattr(netns.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(netns.shutil, "which", lambda tool: None if tool == "ip" else f"/usr/bin/{tool}")
+    assert "`ip`" in (netns.why_not() or "")
+
+
 def _flower_login(browser: Any, h: TwoHosts) -> Any:
     context = browser.new_context(http_credentials={"username": FLOWER_USER, "password": FLOWER_PASSWORD})
     return context.new_page()
