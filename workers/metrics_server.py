@@ -12,6 +12,7 @@ Celery's own log records go through inferpool's handler and formatter: the
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
@@ -78,6 +79,19 @@ def advertised_host(bind: str, redis_url: str) -> str:
         return socket.gethostname()
 
 
+def loopback_only(advertised: str, redis_url: str) -> bool:
+    """True when the metrics address is loopback although Redis is not: other hosts cannot scrape it."""
+    target = urlparse(redis_url).hostname or "127.0.0.1"
+    return _is_loopback(advertised) and not _is_loopback(target)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 @worker_ready.connect
 def _start_server(sender: Any = None, **_: Any) -> None:
     from prometheus_client import multiprocess
@@ -94,7 +108,15 @@ def _start_server(sender: Any = None, **_: Any) -> None:
         logger.error("worker metrics server failed to start: %s", exc)
         return
     _server.append(server)
-    heartbeat.extra_fields["metrics"] = f"{advertised_host(s.api_host, s.redis_url)}:{server.port}"
+    host = advertised_host(s.api_host, s.redis_url)
+    heartbeat.extra_fields["metrics"] = f"{host}:{server.port}"
+    if loopback_only(host, s.redis_url):
+        # A worker on another host than Redis, with the default bind: Prometheus elsewhere cannot reach it.
+        logger.warning(
+            "worker metrics listen on %s only, unreachable from other hosts; set INFERPOOL_API_HOST=0.0.0.0 "
+            "(or this host's address) so the scraper that reads /targets can reach them",
+            host,
+        )
     logger.info("worker metrics at %s/metrics", server.url)
 
 
