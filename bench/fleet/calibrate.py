@@ -16,6 +16,7 @@ provenance). ``--out`` writes elsewhere; ``--short`` runs short phases (a check,
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import sys
@@ -28,7 +29,7 @@ import httpx
 import numpy as np
 import redis
 
-from bench.fleet.calibration import CALIBRATION_JSON, loop_speed_s
+from bench.fleet.calibration import ARRIVALS_CSV, CALIBRATION_JSON, loop_speed_s
 from bench.scaler_bench import FULL, SEED, SHORT, policies, stack
 from bench.scaler_report import Phase
 from inferpool import keys, model_store
@@ -40,6 +41,7 @@ SAMPLE_S = 0.5
 IDLE_S = 10.0  # Redis's cost with workers, API and scaler up and no load: heartbeats, polls, sweeps
 JOBS, JOB_ROWS = 6, 4 * 4096  # bulk phase: jobs of four 4,096-row chunks
 QUEUES = (keys.QUEUE_WORK, keys.QUEUE_ONLINE)
+PICKUP_QUANTILES = list(range(0, 101, 5))
 WORK_MIX_MS = (50.0, 200.0)  # the work classes of the tutorial mix (work 0 rides the online queue)
 
 
@@ -182,7 +184,32 @@ def _online_requests(load_dir: Path, bounds: list[tuple[float, float]]) -> list[
 
     req = records.read_csv(load_dir / records.REQUESTS_CSV)
     sched, work = req.get("scheduled_s", []), req.get("work_ms", [])
-    return [sum(1 for s, w in zip(sched, work, strict=False) if s is not None and lo <= s < hi and not w) for lo, hi in bounds]
+    return [
+        sum(1 for s, w in zip(sched, work, strict=False) if s is not None and lo <= s < hi and not w)
+        for lo, hi in bounds
+    ]
+
+
+def save_arrivals(load_dir: Path, work: list[tuple[float, float, float]], start: float, path: Path) -> int:
+    """The run's arrivals, so the model replays the very same workload: every light request as the load
+    generator scheduled it (``request``, work 0), and every work task as the work queue received it
+    (``work``: the system's own enqueue stamp, relative to the load's start; its W from its run time; its
+    measured wait and run for reference). The queue's arrivals, not the generator's: a loaded API passes
+    requests on in bursts, and the queue waits reflect those bursts."""
+    from inferpool.loadtest import records
+
+    req = records.read_csv(load_dir / records.REQUESTS_CSV)
+    rows = [
+        f"request,{s:.4f},0,,"
+        for s, w in zip(req["scheduled_s"], req["work_ms"], strict=True)
+        if s is not None and not w
+    ]
+    for finish, wait, run in work:
+        w_ms = min(WORK_MIX_MS, key=lambda w: abs(run * 1000 - w))
+        rows.append(f"work,{finish - run - wait - start:.4f},{w_ms:.0f},{wait:.4f},{run:.4f}")
+    with gzip.open(path, "wt") as f:
+        f.write("kind,t_s,work_ms,wait_s,run_s\n" + "\n".join(rows) + "\n")
+    return len(rows)
 
 
 def calibrate(phases: tuple[Phase, ...], out_path: Path, run_dir: Path) -> dict:
@@ -213,21 +240,27 @@ def calibrate(phases: tuple[Phase, ...], out_path: Path, run_dir: Path) -> dict:
         jobs = _jobs_phase(url, rec)
         rec.stop.set()
         thread.join(10)
+        decisions = [json.loads(d) for d in client.lrange(keys.SCALER_DECISIONS, 0, -1)]
     start = json.loads((load_dir / "summary.json").read_text())["start_epoch"]
     rel, t0 = [], 0.0
     for ph in phases:
         rel.append((t0, t0 + ph.seconds))
         t0 += ph.seconds
     online_reqs = _online_requests(load_dir, rel)
+    save_arrivals(load_dir, rec.tasks[keys.QUEUE_WORK], start, out_path.with_name(ARRIVALS_CSV))
     out_phases = [
-        _phase_record(rec, ph, start + lo, start + hi, n) for ph, (lo, hi), n in zip(phases, rel, online_reqs, strict=True)
+        _phase_record(rec, ph, start + lo, start + hi, n)
+        for ph, (lo, hi), n in zip(phases, rel, online_reqs, strict=True)
     ]
     all_work = rec.tasks[keys.QUEUE_WORK]
+    quiet = next(ph for ph in phases if ph.name == "before")
+    lo, hi = rel[phases.index(quiet)]
+    quiet_waits = [w for _, w, _ in _enqueued(rec.tasks[keys.QUEUE_ONLINE], start + lo, start + hi)]
     online_runs = [r for _, _, r in rec.tasks[keys.QUEUE_ONLINE]]
     result = {
-        "what": "the real stack under the tutorial step (bench/fleet/calibrate.py); the fleet model's inputs and targets",
+        "what": "the real stack under the tutorial step (bench/fleet/calibrate.py): the model's inputs and targets",
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cores": os.cpu_count(), "python_loop_10M_s": round(speed, 3)},
+        "machine": {"cores": os.cpu_count(), "python_loop_10M_s": round(speed, 3), "load_average": os.getloadavg()},
         "workload": {"mix_ms": [[0, 0.6], [50, 0.25], [200, 0.15]], "seed": SEED, "arrivals": "poisson"},
         "scaler": {"policy": "erlang", "min_procs": 1, "max_procs": 8, "online_procs": 2},
         "phases": out_phases,
@@ -235,7 +268,14 @@ def calibrate(phases: tuple[Phase, ...], out_path: Path, run_dir: Path) -> dict:
             "work_overhead_s": _work_overhead_s(all_work),
             "online_run_mean_s": _mean(online_runs),
             "online_run_p95_s": _q(online_runs, 95),
+            # A task's wait with nobody ahead of it (pop, Celery's hand-off to a pool process): the online
+            # queue's waits in the quiet phase, where batches almost never queue behind each other.
+            "pickup_quantiles_s": [round(float(x), 5) for x in np.percentile(quiet_waits, PICKUP_QUANTILES)],
         },
+        "pool_timeline": [[round(t - start, 1), n] for t, n in rec.processes[::2]],
+        "scaler_decisions": [
+            [round(d["t"] - start, 2), d["direction"], d["from"], d["to"], d["reason"]] for d in reversed(decisions)
+        ],
         "redis": {
             "idle_cpu_per_s": idle_cpu / idle_span if idle_span else None,
             "idle_calls_per_s": idle_calls / idle_span if idle_span else None,
@@ -258,12 +298,14 @@ def main() -> None:
     print(f"machine: 10M-iteration Python loop {res['machine']['python_loop_10M_s']:.2f} s")
     for ph in res["phases"]:
         print(
-            f"{ph['name']:>7} {ph['rate_rps']:>4.0f} req/s: work p95 wait {1000 * (ph['work_wait_p95_s'] or 0):6.1f} ms, "
+            f"{ph['name']:>7} {ph['rate_rps']:>4.0f} req/s: "
+            f"work p95 wait {1000 * (ph['work_wait_p95_s'] or 0):6.1f} ms, "
             f"online p95 wait {1000 * (ph['online_wait_p95_s'] or 0):5.1f} ms, process-s {ph['process_seconds']:6.1f}, "
             f"Redis {1e6 * ph['redis_cpu_per_task_s']:5.0f} us/task, {ph['redis_calls_per_task']:.1f} calls/task"
         )
     jobs = res["redis"]["jobs"]
-    print(f"bulk: Redis {1e6 * jobs['redis_cpu_per_chunk_s']:.0f} us and {jobs['redis_calls_per_chunk']:.0f} calls per chunk")
+    per_chunk = f"{1e6 * jobs['redis_cpu_per_chunk_s']:.0f} us and {jobs['redis_calls_per_chunk']:.0f} calls"
+    print(f"bulk: Redis {per_chunk} per chunk")
     print(f"written: {ns.out}")
 
 

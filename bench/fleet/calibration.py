@@ -12,12 +12,17 @@ scaling decision or an SLO can see).
 
 from __future__ import annotations
 
+import csv
+import gzip
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 CALIBRATION_JSON = Path(__file__).with_name("calibration.json")
+ARRIVALS_CSV = "calibration-arrivals.csv.gz"  # beside the JSON: the recorded run's own arrivals and work
 TOLERANCE = 0.20
 WAIT_FLOOR_S = 0.005
 
@@ -33,10 +38,21 @@ class Costs:
     redis_per_chunk_s: float  # Redis CPU per 4,096-row job chunk (rows stored, read, results written)
     redis_idle_per_worker_s: float  # Redis CPU per second per worker at rest (heartbeats, polls, sweeps)
     loop_10m_s: float  # the machine's speed when measured
+    # A task's wait with nobody ahead (pop, Celery's hand-off to a pool process), as quantiles 0, 5, ..., 100 %.
+    pickup_quantiles_s: tuple[float, ...] = (0.0, 0.0)
 
 
 def load(path: Path = CALIBRATION_JSON) -> dict:
     return json.loads(path.read_text())
+
+
+def arrivals(path: Path = CALIBRATION_JSON) -> tuple[np.ndarray, np.ndarray]:
+    """(arrival times s, work ms), sorted, of the recorded run, from the trace written beside ``path``: light
+    requests as scheduled, work tasks as the work queue received them."""
+    with gzip.open(path.with_name(ARRIVALS_CSV), "rt") as f:
+        rows = [(float(r["t_s"]), float(r["work_ms"])) for r in csv.DictReader(f)]
+    data = np.array(sorted(rows))
+    return data[:, 0], data[:, 1]
 
 
 def costs(cal: dict) -> Costs:
@@ -57,7 +73,17 @@ def costs(cal: dict) -> Costs:
         redis_per_chunk_s=redis["jobs"]["redis_cpu_per_chunk_s"],
         redis_idle_per_worker_s=idle,
         loop_10m_s=cal["machine"]["python_loop_10M_s"],
+        pickup_quantiles_s=_pickups(cal["service"].get("pickup_quantiles_s") or [0.0, 0.0]),
     )
+
+
+def _pickups(quantiles: list[float]) -> tuple[float, ...]:
+    """The recorded quantiles with the top one (the single largest wait of the phase, often a scheduling
+    stall of a loaded machine) replaced by the one below it: one sample is not a distribution's tail."""
+    q = list(quantiles)
+    if len(q) > 2:
+        q[-1] = q[-2]
+    return tuple(q)
 
 
 def within(simulated: float, measured: float, floor: float = 0.0, tolerance: float = TOLERANCE) -> bool:

@@ -50,7 +50,8 @@ class FleetConfig:
     grow_delay_s: float = 0.25
     node_delay_s: float = 60.0
     online_detail: bool = True  # False: online requests load Redis only (fleet runs; the online pool is fixed)
-    online_tasks_per_request: float = 0.6  # with online_detail False: batches per light request (measured)
+    online_tasks_per_request: float = 0.95  # with online_detail False: batches per light request (measured)
+    redis_shards: int = 1  # queues sharded over this many Redis servers, tasks placed by id (round robin here)
 
     @property
     def max_hosts(self) -> int:
@@ -82,6 +83,7 @@ class Redis:
 class Task:
     enq_s: float
     service_s: float
+    redis: Redis
     start_s: float = 0.0
     batch: list | None = None  # online: the requests' arrival times
 
@@ -105,7 +107,7 @@ class Queue:
 
     def submit(self, task: Task) -> None:
         cost = self.fleet.costs.redis_per_task_s / 3
-        done = self.fleet.redis.serve(self.env.now, cost)
+        done = task.redis.serve(self.env.now, cost)
         self.env.timeout(done - self.env.now).callbacks.append(lambda _e: self._arrive(task))
 
     def _arrive(self, task: Task) -> None:
@@ -117,12 +119,12 @@ class Queue:
         while self.waiting and self.busy < self.procs:
             task = self.waiting.popleft()
             self.busy += 1
-            task.start_s = self.fleet.redis.serve(self.env.now, cost)
+            task.start_s = task.redis.serve(self.env.now, cost) + self.fleet.pickup()
             end = task.start_s + task.service_s
             self.env.timeout(end - self.env.now).callbacks.append(lambda _e, t=task: self._finish(t))
 
     def _finish(self, task: Task) -> None:
-        done = self.fleet.redis.serve(self.env.now, self.fleet.costs.redis_per_task_s / 3)
+        done = task.redis.serve(self.env.now, self.fleet.costs.redis_per_task_s / 3)
         self.env.timeout(done - self.env.now).callbacks.append(lambda _e: self._release(task))
 
     def _release(self, task: Task) -> None:
@@ -173,7 +175,7 @@ class Batcher:
         batch = [self.pending.popleft() for _ in range(n)]
         self.in_flight += 1
         service = self.fleet.costs.online_batch_s + BATCH_ROW_S * n
-        self.fleet.online.submit(Task(self.env.now, service, batch=batch))
+        self.fleet.online.submit(Task(self.env.now, service, self.fleet.shard(), batch=batch))
         self.fleet.batch_owner[id(batch)] = self
 
     def done(self) -> None:
@@ -185,10 +187,11 @@ class Batcher:
 class Fleet:
     """The simulated system; ``run`` replays arrivals. Policies act through :meth:`set_target`."""
 
-    def __init__(self, cfg: FleetConfig, costs: Costs, start_procs: int | None = None) -> None:
+    def __init__(self, cfg: FleetConfig, costs: Costs, start_procs: int | None = None, seed: int = 0) -> None:
         self.cfg, self.costs = cfg, costs
         self.env = simpy.Environment()
-        self.redis = Redis()
+        self.shards = [Redis() for _ in range(cfg.redis_shards)]
+        self._next_shard = 0
         self.records = Records()
         self.work = Queue(self, start_procs or cfg.start_procs, self._work_done)
         self.online = Queue(self, cfg.online_procs_per_host * cfg.hosts, self._online_done)
@@ -198,7 +201,30 @@ class Fleet:
         self.actions = 0
         self.samples: list[tuple[float, float, float]] = []  # finished work tasks since the scaler's last read
         self.heartbeat: tuple[int, int] = (self.work.procs, 0)  # (processes, busy) as last reported
+        self.changes: list[tuple[float, int, int]] = []  # (t, from, to) of every action
+        self._rng = np.random.default_rng(seed)
+        self._pickups: list[float] = []
         self.pool_changed()
+
+    def shard(self) -> Redis:
+        self._next_shard = (self._next_shard + 1) % len(self.shards)
+        return self.shards[self._next_shard]
+
+    @property
+    def redis_busy_s(self) -> float:
+        return sum(r.busy_s for r in self.shards)
+
+    @property
+    def redis_wait_mean_s(self) -> float:
+        return sum(r.wait_s_total for r in self.shards) / max(1, sum(r.ops for r in self.shards))
+
+    def pickup(self) -> float:
+        """A draw from the measured pickup distribution (inverse CDF between its recorded quantiles)."""
+        if not self._pickups:
+            q = np.asarray(self.costs.pickup_quantiles_s)
+            u = self._rng.uniform(0.0, 1.0, 4096)
+            self._pickups = np.interp(u, np.linspace(0.0, 1.0, len(q)), q).tolist()
+        return self._pickups.pop()
 
     # --- the pool -----------------------------------------------------------------------------------------
 
@@ -224,6 +250,7 @@ class Fleet:
         if target == current:
             return
         self.actions += 1
+        self.changes.append((self.env.now, current, target))
         if target > current:
             have_hosts = max(self.cfg.hosts, self.hosts_needed(current))
             for k in range(current + 1, target + 1):
@@ -258,8 +285,9 @@ class Fleet:
     def _redis_background(self):
         step = 0.1
         while True:
-            workers = 2 * self.cfg.hosts  # an online and a work worker per host
-            self.redis.serve(self.env.now, self.costs.redis_idle_per_worker_s * workers * step)
+            workers = 2 * self.cfg.hosts  # an online and a work worker per host, each polling every shard
+            for r in self.shards:
+                r.serve(self.env.now, self.costs.redis_idle_per_worker_s * workers * step)
             yield self.env.timeout(step)
 
     # --- arrivals -----------------------------------------------------------------------------------------
@@ -285,11 +313,11 @@ class Fleet:
             if t > self.env.now:
                 yield self.env.timeout(t - self.env.now)
             if w > 0:
-                self.work.submit(Task(self.env.now, w / 1000.0 + overhead))
+                self.work.submit(Task(self.env.now, w / 1000.0 + overhead, self.shard()))
             elif self.cfg.online_detail:
                 self.batchers[i % hosts].submit(self.env.now)
             else:
-                self.redis.serve(self.env.now, light_cost)
+                self.shard().serve(self.env.now, light_cost)
 
     def run(self, times: np.ndarray, works_ms: np.ndarray, until_s: float, ticker=None) -> Records:
         """Replay arrivals until ``until_s``; ``ticker(fleet)`` is a SimPy process generator (the scaler)."""

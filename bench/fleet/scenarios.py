@@ -11,13 +11,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.fleet.calibration import Costs
+from bench.fleet.calibration import WAIT_FLOOR_S, Costs, within
 from bench.fleet.model import Fleet, FleetConfig, Records, process_seconds
 from bench.fleet.policies import Policy, ScalerPolicy, Static, ticker
 from bench.fleet.workload import Profile, Step, arrival_times, mix_work_ms
+from scaler.policy import PolicyConfig
 
 WAIT_TARGET_S = 0.1
 SLO_WINDOW_S = 10.0
+CALIBRATION_SEEDS = tuple(range(1, 9))  # the model's own noise, averaged out: p95 of a minute is a noisy figure
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,13 +74,25 @@ def run(
     phases: tuple[tuple[str, float, float], ...] = (),
     works_ms=mix_work_ms,
 ) -> RunFigures:
-    """``profile`` scaled by nothing: pass per-fleet rates. ``phases`` are (name, start s, end s)."""
+    """Arrivals drawn from ``profile`` (rates for the whole fleet), work from ``works_ms``; see :func:`replay`."""
     rng = np.random.default_rng(seed)
     times = arrival_times(profile, rng)
-    works = works_ms(len(times), rng)
+    return replay(times, works_ms(len(times), rng), profile.duration_s, policy, cfg, costs, seed, phases)
+
+
+def replay(
+    times: np.ndarray,
+    works: np.ndarray,
+    end: float,
+    policy: Policy,
+    cfg: FleetConfig,
+    costs: Costs,
+    seed: int,
+    phases: tuple[tuple[str, float, float], ...] = (),
+) -> RunFigures:
+    """These arrivals (s) and works (ms) under ``policy``; ``phases`` are (name, start s, end s)."""
     start = policy.procs if isinstance(policy, Static) else max(cfg.start_procs, cfg.hosts)
-    fleet = Fleet(cfg, costs, start_procs=start)
-    end = profile.duration_s
+    fleet = Fleet(cfg, costs, start_procs=start, seed=seed)
     rec = fleet.run(times, works, end + 2.0, ticker(policy))
     figures = []
     for name, lo, hi in phases:
@@ -95,8 +109,8 @@ def run(
         wait_p95_s=_p95([w for _, w, _ in rec.work]),
         process_seconds=process_seconds(rec.pool, 0.0, end),
         actions=fleet.actions,
-        redis_busy=fleet.redis.busy_s / fleet.env.now,
-        redis_wait_mean_s=fleet.redis.wait_s_total / max(1, fleet.redis.ops),
+        redis_busy=fleet.redis_busy_s / fleet.env.now / cfg.redis_shards,
+        redis_wait_mean_s=fleet.redis_wait_mean_s,
         records=rec,
     )
 
@@ -111,18 +125,40 @@ def step_of(cal: dict) -> tuple[Step, tuple[tuple[str, float, float], ...]]:
     return Step(tuple(parts)), tuple(bounds)
 
 
-def calibration_runs(cal: dict, costs: Costs, seeds: tuple[int, ...] = (1, 2, 3)) -> list[RunFigures]:
-    """The recorded step workload on one host under the recorded scaler settings, once per seed."""
+def calibration_runs(
+    cal: dict, costs: Costs, arrivals: tuple[np.ndarray, np.ndarray], seeds: tuple[int, ...] = CALIBRATION_SEEDS
+) -> list[RunFigures]:
+    """The recorded run's own arrivals on one host under the recorded scaler settings, once per seed."""
     profile, phases = step_of(cal)
+    times, works = arrivals
     sc = cal["scaler"]
     cfg = FleetConfig(hosts=1, procs_per_host=sc["max_procs"], start_procs=sc["min_procs"],
                       online_procs_per_host=sc["online_procs"])  # fmt: skip
-    from scaler.policy import PolicyConfig
-
     pcfg = PolicyConfig(min_procs=sc["min_procs"], max_procs=sc["max_procs"])
-    return [run(profile, ScalerPolicy("inferpool", pcfg), cfg, costs, seed, phases) for seed in seeds]
+    end = profile.duration_s
+    return [replay(times, works, end, ScalerPolicy("inferpool", pcfg), cfg, costs, seed, phases) for seed in seeds]
 
 
 def mean_phase(runs: list[RunFigures], i: int, attr: str) -> float | None:
     vals = [getattr(r.phases[i], attr) for r in runs if getattr(r.phases[i], attr) is not None]
     return float(np.mean(vals)) if vals else None
+
+
+def calibration_check(
+    cal: dict, costs: Costs, arrivals: tuple[np.ndarray, np.ndarray], seeds: tuple[int, ...] = CALIBRATION_SEEDS
+) -> list[dict]:
+    """Per recorded phase: the simulated means over ``seeds`` and whether each is within tolerance."""
+    runs = calibration_runs(cal, costs, arrivals, seeds)
+    out = []
+    for i, ph in enumerate(cal["phases"]):
+        sim = {
+            "name": ph["name"],
+            "work_wait_p95_s": mean_phase(runs, i, "work_wait_p95_s"),
+            "online_wait_p95_s": mean_phase(runs, i, "online_wait_p95_s"),
+            "process_seconds": mean_phase(runs, i, "process_seconds"),
+        }
+        sim["work_ok"] = within(sim["work_wait_p95_s"] or 0.0, ph["work_wait_p95_s"] or 0.0, WAIT_FLOOR_S)
+        sim["online_ok"] = within(sim["online_wait_p95_s"] or 0.0, ph["online_wait_p95_s"] or 0.0, WAIT_FLOOR_S)
+        sim["procs_ok"] = within(sim["process_seconds"] or 0.0, ph["process_seconds"])
+        out.append(sim)
+    return out

@@ -61,7 +61,7 @@ class Diurnal:
 
 @dataclass(frozen=True, slots=True)
 class FlashCrowd:
-    """``base`` req/s, rising linearly to ``factor`` x base over ``rise_s`` from ``at_s``, held ``hold_s``, then back."""
+    """``base`` req/s, rising linearly to ``factor`` x base over ``rise_s`` from ``at_s``, held ``hold_s``, back."""
 
     base: float
     at_s: float = 60.0
