@@ -51,6 +51,7 @@ class FleetConfig:
     node_delay_s: float = 60.0
     online_detail: bool = True  # False: online requests load Redis only (fleet runs; the online pool is fixed)
     online_tasks_per_request: float = 0.95  # with online_detail False: batches per light request (measured)
+    pickup_slot_s: float = 0.0  # > 0: one pickup delay per slot, shared by its tasks (see Pickups)
     redis_shards: int = 1  # queues sharded over this many Redis servers, tasks placed by id (round robin here)
 
     @property
@@ -96,11 +97,38 @@ class Records:
     pool: list[tuple[float, int]] = field(default_factory=list)  # (t, processes paid for) at each change
 
 
+class Pickups:
+    """Draws from a measured distribution given as evenly spaced quantiles (inverse CDF, interpolated).
+
+    One draw per ``slot_s`` of simulated time, shared by every task dispatched in it: a worker's main process
+    hands out every task of its queue, so when the host deschedules it, all of them wait (correlated, not
+    independent, delays; the marginal distribution is the measured one either way)."""
+
+    def __init__(self, quantiles: tuple[float, ...], rng: np.random.Generator, env, slot_s: float) -> None:
+        self.q, self.rng, self.env, self.slot_s = np.asarray(quantiles, dtype=float), rng, env, slot_s
+        self.left: list[float] = []
+        self.slot, self.value = -1, 0.0
+
+    def _draw(self) -> float:
+        if not self.left:
+            u = self.rng.uniform(0.0, 1.0, 4096)
+            self.left = np.interp(u, np.linspace(0.0, 1.0, len(self.q)), self.q).tolist()
+        return self.left.pop()
+
+    def __call__(self) -> float:
+        if self.slot_s <= 0:
+            return self._draw()
+        slot = int(self.env.now / self.slot_s)
+        if slot != self.slot:
+            self.slot, self.value = slot, self._draw()
+        return self.value
+
+
 class Queue:
     """A task queue and the processes serving it; three Redis operations per task."""
 
-    def __init__(self, fleet: Fleet, procs: int, on_done) -> None:
-        self.fleet, self.env, self.on_done = fleet, fleet.env, on_done
+    def __init__(self, fleet: Fleet, procs: int, on_done, pickup) -> None:
+        self.fleet, self.env, self.on_done, self.pickup = fleet, fleet.env, on_done, pickup
         self.waiting: deque[Task] = deque()
         self.procs, self.busy, self.retiring = procs, 0, 0
         self.completed = 0
@@ -119,7 +147,7 @@ class Queue:
         while self.waiting and self.busy < self.procs:
             task = self.waiting.popleft()
             self.busy += 1
-            task.start_s = task.redis.serve(self.env.now, cost) + self.fleet.pickup()
+            task.start_s = task.redis.serve(self.env.now, cost) + self.pickup()
             end = task.start_s + task.service_s
             self.env.timeout(end - self.env.now).callbacks.append(lambda _e, t=task: self._finish(t))
 
@@ -193,8 +221,19 @@ class Fleet:
         self.shards = [Redis() for _ in range(cfg.redis_shards)]
         self._next_shard = 0
         self.records = Records()
-        self.work = Queue(self, start_procs or cfg.start_procs, self._work_done)
-        self.online = Queue(self, cfg.online_procs_per_host * cfg.hosts, self._online_done)
+        self._rng = np.random.default_rng(seed)
+        self.work = Queue(
+            self,
+            start_procs or cfg.start_procs,
+            self._work_done,
+            Pickups(costs.work_pickup_quantiles_s, self._rng, self.env, cfg.pickup_slot_s),
+        )
+        self.online = Queue(
+            self,
+            cfg.online_procs_per_host * cfg.hosts,
+            self._online_done,
+            Pickups(costs.pickup_quantiles_s, self._rng, self.env, cfg.pickup_slot_s),
+        )
         self.batchers = [Batcher(self) for _ in range(cfg.hosts)]
         self.batch_owner: dict[int, Batcher] = {}
         self.pending: list[list[bool]] = []  # processes asked for and not yet up: [cancelled] tokens
@@ -202,8 +241,6 @@ class Fleet:
         self.samples: list[tuple[float, float, float]] = []  # finished work tasks since the scaler's last read
         self.heartbeat: tuple[int, int] = (self.work.procs, 0)  # (processes, busy) as last reported
         self.changes: list[tuple[float, int, int]] = []  # (t, from, to) of every action
-        self._rng = np.random.default_rng(seed)
-        self._pickups: list[float] = []
         self.pool_changed()
 
     def shard(self) -> Redis:
@@ -217,14 +254,6 @@ class Fleet:
     @property
     def redis_wait_mean_s(self) -> float:
         return sum(r.wait_s_total for r in self.shards) / max(1, sum(r.ops for r in self.shards))
-
-    def pickup(self) -> float:
-        """A draw from the measured pickup distribution (inverse CDF between its recorded quantiles)."""
-        if not self._pickups:
-            q = np.asarray(self.costs.pickup_quantiles_s)
-            u = self._rng.uniform(0.0, 1.0, 4096)
-            self._pickups = np.interp(u, np.linspace(0.0, 1.0, len(q)), q).tolist()
-        return self._pickups.pop()
 
     # --- the pool -----------------------------------------------------------------------------------------
 

@@ -79,7 +79,7 @@ class ScalerPolicy:
     cfg: PolicyConfig
     tutorial: bool = False
     tick_s: float = 1.0
-    delay_s: float = 0.25
+    delay_s: float | None = None  # None: a pool_grow, the fleet's grow delay
     state: PolicyState = field(default_factory=PolicyState)
     signal: SimSignal = field(default_factory=SimSignal)
 
@@ -98,7 +98,7 @@ class CeleryAutoscale:
     min_per_host: int = 1
     name: str = "celery --autoscale"
     tick_s: float = 1.0
-    delay_s: float = 0.25
+    delay_s: float | None = None
     last_up_s: float = -math.inf
 
     def step(self, fleet: Fleet) -> int | None:
@@ -183,15 +183,16 @@ class Static:
 Policy = ScalerPolicy | CeleryAutoscale | Hpa | Keda | Static
 
 
-def ticker(policy: Policy):
-    """A SimPy process: the policy's tick loop acting on the fleet."""
+def ticker(policy: Policy, phase_s: float = 0.0):
+    """A SimPy process: the policy's tick loop acting on the fleet, its first tick ``phase_s`` into the run."""
 
     def run(fleet: Fleet):
+        yield fleet.env.timeout(phase_s)
         while True:
             yield fleet.env.timeout(policy.tick_s)
             target = policy.step(fleet)
             if target is not None:
-                fleet.set_target(target, policy.delay_s)
+                fleet.set_target(target, fleet.cfg.grow_delay_s if policy.delay_s is None else policy.delay_s)
 
     return run
 

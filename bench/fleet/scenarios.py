@@ -89,11 +89,12 @@ def replay(
     costs: Costs,
     seed: int,
     phases: tuple[tuple[str, float, float], ...] = (),
+    tick_phase_s: float = 0.0,
 ) -> RunFigures:
     """These arrivals (s) and works (ms) under ``policy``; ``phases`` are (name, start s, end s)."""
     start = policy.procs if isinstance(policy, Static) else max(cfg.start_procs, cfg.hosts)
     fleet = Fleet(cfg, costs, start_procs=start, seed=seed)
-    rec = fleet.run(times, works, end + 2.0, ticker(policy))
+    rec = fleet.run(times, works, end + 2.0, ticker(policy, tick_phase_s))
     figures = []
     for name, lo, hi in phases:
         work = [w for e, w, _ in rec.work if lo <= e < hi]
@@ -132,11 +133,24 @@ def calibration_runs(
     profile, phases = step_of(cal)
     times, works = arrivals
     sc = cal["scaler"]
-    cfg = FleetConfig(hosts=1, procs_per_host=sc["max_procs"], start_procs=sc["min_procs"],
-                      online_procs_per_host=sc["online_procs"])  # fmt: skip
+    cfg = FleetConfig(hosts=1, grow_delay_s=costs.grow_delay_s, procs_per_host=sc["max_procs"],
+                      start_procs=sc["min_procs"], online_procs_per_host=sc["online_procs"])  # fmt: skip
     pcfg = PolicyConfig(min_procs=sc["min_procs"], max_procs=sc["max_procs"])
-    end = profile.duration_s
-    return [replay(times, works, end, ScalerPolicy("inferpool", pcfg), cfg, costs, seed, phases) for seed in seeds]
+    end, phase = profile.duration_s, tick_phase(cal)
+    return [
+        replay(times, works, end, ScalerPolicy("inferpool", pcfg), cfg, costs, seed, phases, phase) for seed in seeds
+    ]
+
+
+def tick_phase(cal: dict, tick_s: float = 1.0) -> float:
+    """Where in each second, relative to the load's start, the recorded scaler ticked (its decisions' times):
+    a step is seen on the first whole tick interval after it, so the phase sets the reaction time."""
+    times = [d[0] for d in cal.get("scaler_decisions", [])]
+    if not times:
+        return 0.0
+    angles = [2 * np.pi * (t % tick_s) / tick_s for t in times]  # a circular mean: 0.9 and 0.1 average to 0.0
+    mean = np.arctan2(np.mean(np.sin(angles)), np.mean(np.cos(angles)))
+    return float((mean / (2 * np.pi)) % 1.0 * tick_s)
 
 
 def mean_phase(runs: list[RunFigures], i: int, attr: str) -> float | None:
