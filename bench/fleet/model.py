@@ -12,6 +12,9 @@ What is modelled, and how:
   online pool (``online_procs_per_host`` per host) in the measured batch run time.
 * **Work requests** (W > 0) are one task each on the work queue; a work process is held W plus the
   measured overhead. The work pool is what the policies size.
+* **Hand-off**: a task that finds a process free still waits for the worker to take it (the pop after the
+  previous ack, the main process passing it to a child): a draw from that queue's measured distribution,
+  the process held meanwhile.
 * **Actuators**: a process asked for arrives after ``grow_delay_s`` (``pool_grow``) or
   ``container_delay_s`` (a replica), plus ``node_delay_s`` when no host has room and a node is added.
   A shrink stops idle processes only (prefork's rule); one that finds them busy waits for them.
@@ -51,7 +54,6 @@ class FleetConfig:
     node_delay_s: float = 60.0
     online_detail: bool = True  # False: online requests load Redis only (fleet runs; the online pool is fixed)
     online_tasks_per_request: float = 0.95  # with online_detail False: batches per light request (measured)
-    pickup_slot_s: float = 0.0  # > 0: one pickup delay per slot, shared by its tasks (see Pickups)
     redis_shards: int = 1  # queues sharded over this many Redis servers, tasks placed by id (round robin here)
 
     @property
@@ -98,30 +100,17 @@ class Records:
 
 
 class Pickups:
-    """Draws from a measured distribution given as evenly spaced quantiles (inverse CDF, interpolated).
+    """Draws from a measured distribution given as evenly spaced quantiles (inverse CDF, interpolated)."""
 
-    One draw per ``slot_s`` of simulated time, shared by every task dispatched in it: a worker's main process
-    hands out every task of its queue, so when the host deschedules it, all of them wait (correlated, not
-    independent, delays; the marginal distribution is the measured one either way)."""
-
-    def __init__(self, quantiles: tuple[float, ...], rng: np.random.Generator, env, slot_s: float) -> None:
-        self.q, self.rng, self.env, self.slot_s = np.asarray(quantiles, dtype=float), rng, env, slot_s
+    def __init__(self, quantiles: tuple[float, ...], rng: np.random.Generator) -> None:
+        self.q, self.rng = np.asarray(quantiles, dtype=float), rng
         self.left: list[float] = []
-        self.slot, self.value = -1, 0.0
 
-    def _draw(self) -> float:
+    def __call__(self) -> float:
         if not self.left:
             u = self.rng.uniform(0.0, 1.0, 4096)
             self.left = np.interp(u, np.linspace(0.0, 1.0, len(self.q)), self.q).tolist()
         return self.left.pop()
-
-    def __call__(self) -> float:
-        if self.slot_s <= 0:
-            return self._draw()
-        slot = int(self.env.now / self.slot_s)
-        if slot != self.slot:
-            self.slot, self.value = slot, self._draw()
-        return self.value
 
 
 class Queue:
@@ -226,13 +215,13 @@ class Fleet:
             self,
             start_procs or cfg.start_procs,
             self._work_done,
-            Pickups(costs.work_pickup_quantiles_s, self._rng, self.env, cfg.pickup_slot_s),
+            Pickups(costs.work_pickup_quantiles_s, self._rng),
         )
         self.online = Queue(
             self,
             cfg.online_procs_per_host * cfg.hosts,
             self._online_done,
-            Pickups(costs.pickup_quantiles_s, self._rng, self.env, cfg.pickup_slot_s),
+            Pickups(costs.pickup_quantiles_s, self._rng),
         )
         self.batchers = [Batcher(self) for _ in range(cfg.hosts)]
         self.batch_owner: dict[int, Batcher] = {}

@@ -72,7 +72,7 @@ def chart_calibration(cal: dict, sim_pool: list[tuple[float, int]], path: Path) 
     t = 0.0
     for ph in cal["phases"]:
         ax.axvline(t, color="grey", lw=0.5)
-        ax.text(t + 1, 0.2, f"{ph['name']} {ph['rate_rps']:.0f}/s", fontsize=8)
+        ax.text(t + 1, 0.92, f"{ph['name']} {ph['rate_rps']:.0f}/s", fontsize=8, transform=ax.get_xaxis_transform())
         t += ph["seconds"]
     ax.set(xlabel="s", ylabel="work processes", title="Work pool under the step: real run and model")
     ax.legend()
