@@ -10,7 +10,9 @@ import pytest
 
 from bench.fleet.calibration import Costs, within
 from bench.fleet.model import Fleet, FleetConfig, Redis, process_seconds
-from bench.fleet.policies import CeleryAutoscale, ScalerPolicy, SimSignal, _Stabilised, ticker
+from bench.fleet.policies import CeleryAutoscale, ScalerPolicy, SimSignal, Static, _Stabilised, ticker
+from bench.fleet.predict import SweepPoint, analytic_limit_tasks, limit_from_sweep
+from bench.fleet.scenarios import run
 from bench.fleet.workload import Diurnal, FlashCrowd, Step, arrival_times, mix_work_ms, pareto_work_ms
 from scaler.policy import Direction, Observation, PolicyConfig, PolicyState, decide
 
@@ -158,3 +160,19 @@ def test_hpa_window_scales_down_to_the_largest_recent_recommendation():
     assert rule.bound(0.0, 4, 10) == 8  # up at most max(2x, +4) per period
     assert rule.bound(15.0, 8, 3) == 8  # 10 was recommended 15 s ago: stay
     assert rule.bound(301.0, 8, 3) == 3  # the window has passed
+
+
+def test_one_redis_is_busy_in_proportion_to_its_measured_cost():
+    """Half the analytic limit keeps one Redis about half busy, and nothing is lost on the way."""
+    rate = 0.5 * analytic_limit_tasks(COSTS, 1)  # one task per request here: every request has work
+    fig = run(Step(((5.0, rate),)), Static(400), FleetConfig(hosts=1, procs_per_host=400), COSTS, 8,
+              works_ms=lambda n, rng: np.full(n, 20.0))  # fmt: skip
+    assert fig.redis_busy == pytest.approx(0.5, abs=0.05)
+    assert len(fig.records.work) == pytest.approx(rate * 5.0, rel=0.05)
+
+
+def test_limit_from_sweep_solves_the_busy_line_for_one():
+    points = [SweepPoint(r, r * 1.2, r / 1000.0, 0.0, None, None) for r in (100.0, 300.0, 600.0, 800.0)]
+    points.append(SweepPoint(1100.0, 1200.0, 1.0, 0.0, None, None))  # saturated: left out of the fit
+    rps, tasks = limit_from_sweep(points)
+    assert rps == pytest.approx(1000.0) and tasks == pytest.approx(1200.0)

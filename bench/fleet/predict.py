@@ -7,13 +7,15 @@ share, the mean wait of a Redis operation and the p95 queue waits; the limit is 
 would be busy all the time, interpolated from the sweep (tasks/s and req/s).
 
 Policies. Each host gets the same load (the tutorial step, 30 -> 90 -> 30 req/s per host; a 10x flash crowd
-in 10 s), so a larger fleet is the same problem with more of everything. Where one Redis cannot carry the
-fleet's tasks, the fleet gets the plan past one Redis: queues sharded over ``shards_for`` servers.
+in 10 s; a day compressed into 10 minutes with heavy-tailed work), so a larger fleet is the same problem
+with more of everything. Where one Redis cannot carry the fleet's tasks, the fleet gets the plan past one
+Redis: queues sharded over ``shards_for`` servers.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +24,9 @@ from bench.fleet.calibration import Costs
 from bench.fleet.model import FleetConfig
 from bench.fleet.policies import Static, all_policies
 from bench.fleet.scenarios import RunFigures, run
-from bench.fleet.workload import FlashCrowd, Profile, Step
+from bench.fleet.workload import Diurnal, FlashCrowd, Profile, Step, mix_work_ms, pareto_work_ms
+
+WorkDraw = Callable[[int, np.random.Generator], np.ndarray]
 
 RATE_PER_HOST = 90.0  # req/s of the mix one host serves comfortably (the step's peak)
 SWEEP_SHARES = (0.1, 0.25, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05)  # of the analytic limit
@@ -31,8 +35,10 @@ REDIS_HEADROOM = 0.6  # shard so that no Redis is busier than this at the peak
 STEP_PER_HOST = ((30.0, 30.0), (60.0, 30.0), (60.0, 90.0), (90.0, 30.0))  # (seconds, req/s), as measured
 FLASH_BASE_PER_HOST = 30.0
 HOSTS = (1, 10, 100)
-# The flash crowd at 100 hosts (~1M simulated tasks per policy) would take `make fleet-sim` past 5 minutes.
+# The flash crowd and the day at 100 hosts (~1M simulated tasks per policy each) would take `make fleet-sim`
+# past 5 minutes: they run at 1 and 10 hosts.
 FLASH_MAX_HOSTS = 10
+DIURNAL_MEAN_PER_HOST = 45.0  # req/s; a day compressed into 10 minutes, 18 -> 72 req/s per host
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,23 +107,28 @@ def shards_for(costs: Costs, hosts: int, peak_rps_per_host: float) -> int:
     return max(1, math.ceil(need / (REDIS_HEADROOM * analytic_limit_tasks(costs, hosts))))
 
 
-def scenario_profiles(hosts: int) -> dict[str, tuple[Profile, float]]:
-    """name -> (profile for the whole fleet, peak req/s per host)."""
+def scenario_profiles(hosts: int) -> dict[str, tuple[Profile, float, WorkDraw]]:
+    """name -> (profile for the whole fleet, peak req/s per host, work per request)."""
     step = Step(tuple((s, r * hosts) for s, r in STEP_PER_HOST))
     flash = FlashCrowd(base=FLASH_BASE_PER_HOST * hosts, at_s=60.0, hold_s=60.0, duration_s=240.0)
-    return {"step": (step, 90.0), "flash crowd": (flash, FLASH_BASE_PER_HOST * 10)}
+    day = Diurnal(mean=DIURNAL_MEAN_PER_HOST * hosts, amplitude=0.6, period_s=600.0, duration_s=600.0)
+    return {
+        "step": (step, 90.0, mix_work_ms),
+        "flash crowd": (flash, FLASH_BASE_PER_HOST * 10, mix_work_ms),
+        "diurnal, heavy-tailed work": (day, day.peak / hosts, pareto_work_ms),
+    }
 
 
 def policy_grid(costs: Costs, hosts_list: tuple[int, ...] = HOSTS, seed: int = 11) -> list[tuple[str, RunFigures]]:
     out = []
     for hosts in hosts_list:
-        for scenario, (profile, peak) in scenario_profiles(hosts).items():
-            if scenario == "flash crowd" and hosts > FLASH_MAX_HOSTS:
+        for scenario, (profile, peak, works) in scenario_profiles(hosts).items():
+            if scenario != "step" and hosts > FLASH_MAX_HOSTS:
                 continue
             # A flash crowd outgrows the hosts: the fleet may add nodes (60 s each) up to twice its size.
             factor = 2.0 if scenario == "flash crowd" else 1.0
             cfg = FleetConfig(hosts=hosts, max_nodes_factor=factor, online_detail=False,
                               grow_delay_s=costs.grow_delay_s, redis_shards=shards_for(costs, hosts, peak))  # fmt: skip
             for policy in [*all_policies(hosts, cfg.procs_per_host, factor), Static(cfg.procs_per_host * hosts)]:
-                out.append((scenario, run(profile, policy, cfg, costs, seed)))
+                out.append((scenario, run(profile, policy, cfg, costs, seed, works_ms=works)))
     return out

@@ -110,7 +110,8 @@ def replay(
         wait_p95_s=_p95([w for _, w, _ in rec.work]),
         process_seconds=process_seconds(rec.pool, 0.0, end),
         actions=fleet.actions,
-        redis_busy=fleet.redis_busy_s / fleet.env.now / cfg.redis_shards,
+        # over the arrivals, not the drain after them; at saturation the backlog served later counts: cap
+        redis_busy=min(1.0, fleet.redis_busy_s / end / cfg.redis_shards),
         redis_wait_mean_s=fleet.redis_wait_mean_s,
         records=rec,
     )
