@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 
-.PHONY: install lock tools bench-tools apt-install up demo test second-host lint format bench soak chaos-soak scaler-bench clean
+.PHONY: install lock tools bench-tools apt-install up demo test second-host lint format bench soak chaos-soak scaler-bench fleet-calibrate fleet-sim clean
 
 # Dependencies come from a lock made by uv (README, "Development"): requirements.lock holds every extra
 # (dev, loadtest, local), requirements-server.lock the server image's set; both for Python 3.11 on
@@ -88,6 +88,14 @@ bench: install bench-tools
 
 scaler-bench: install bench-tools
 	$(PY) -m bench.scaler_bench
+
+# The fleet model (bench/fleet): measure the real stack under the step (writes bench/fleet/calibration.json),
+# then the calibrated model's predictions (report and charts in out/fleet-sim/).
+fleet-calibrate: install
+	$(PY) -m bench.fleet.calibrate
+
+fleet-sim: install
+	$(PY) -m bench.fleet
 
 soak: install
 	$(PY) -m bench.soak
