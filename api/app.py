@@ -13,7 +13,7 @@ from api import errors
 from api.edge import EdgeGuard
 from api.job_ttl import InflightTtl
 from api.responses import OrjsonResponse
-from api.routes import jobs, ops, predict
+from api.routes import jobs, ops, predict, rollout
 from api.security import load_tables
 from api.state import build_state
 from inferpool import metrics, telemetry
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.api = state
         state.dispatcher.start()
         state.batcher.start()
+        state.rollout.start_loop()
         ttl_keeper = InflightTtl(aredis, s.result_ttl_s)
         ttl_keeper.start()
         try:
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             pass
         yield
         await ttl_keeper.close()
+        await state.rollout.close()
         await state.batcher.close()
         await state.dispatcher.close()
         await aredis.aclose()
@@ -93,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(jobs.router)
     app.include_router(ops.router)
+    app.include_router(rollout.router)
     app.add_route("/metrics", telemetry.metrics_endpoint, include_in_schema=False)
     # Outermost last: every request is counted (refusals too), then checked at the edge before any route.
     app.add_middleware(

@@ -22,6 +22,7 @@ from inferpool.errors import (
     ModelError,
     Overloaded,
     ResultTimeout,
+    RolloutError,
     UnsupportedMediaType,
 )
 
@@ -70,6 +71,8 @@ async def _inferpool(request: Request, exc: InferpoolError) -> OrjsonResponse:
     if isinstance(exc, InputError):
         await inputs.record_refusal(request, [exc.field], getattr(exc, "cells", ()))  # drift signal
         return error_response(422, "invalid_input", str(exc), field=exc.field)
+    if isinstance(exc, RolloutError):
+        return error_response(409, "rollout_conflict", str(exc))
     if isinstance(exc, PayloadTooLarge):
         return error_response(413, "payload_too_large", str(exc))
     if isinstance(exc, JobNotFound):

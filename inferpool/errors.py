@@ -3,6 +3,7 @@
 InferpoolError
 ├── ModelError            the model directory holds no usable model
 │   └── ModelIntegrityError   a model file does not match its manifest
+├── RolloutError          a rollout plan change that cannot be made (no plan, a version in use)
 ├── InputError            a request's rows or parameters break a rule (names the field)
 │   ├── MalformedBody         the body cannot be parsed at all (not JSON, not UTF-8 CSV)
 │   └── UnsupportedMediaType  the body's content type is not one the route reads
@@ -26,6 +27,10 @@ class ModelError(InferpoolError):
 
 class ModelIntegrityError(ModelError):
     """Raised when a model file's sha256 differs from its manifest: it is never loaded."""
+
+
+class RolloutError(InferpoolError):
+    """Raised when a rollout or registry change cannot be made: no such plan or version, a version in use."""
 
 
 class InputError(InferpoolError):

@@ -31,6 +31,7 @@ from workers.delivery import OneEventRequest, ServingRequest, is_transient
 from workers.runtime import Runtime, get_runtime
 from workers.serving import CannotServe
 from workers.specs import SpecRefused, check_spec
+from workers.versions import cache as versions
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +197,14 @@ def _predict(self: Any, spec: dict[str, Any]) -> None:
     rt = _runtime_or_requeue()
     s = get_settings()
     job_id = spec.get("job")
+    try:
+        rt = versions.runtime_for(rt, spec.get("mv"))
+    except Exception as exc:
+        # The routed version cannot be loaded (retired, tampered with): the caller is told; no other version answers.
+        metrics.TASKS_COMPLETED.labels(queue=queue, outcome="failure").inc()
+        logger.error("model version %s unavailable for task %s: %s", spec.get("mv"), self.request.id, exc)
+        _patiently(_report_failure, spec, rt, f"model version {spec.get('mv')} unavailable: {exc}", until=patience)
+        return
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
     if redelivered:
         _count_redelivery(rt, queue)
