@@ -40,7 +40,7 @@ def margins_of(s: Settings) -> Margins:
     return Margins(
         error_ratio=s.rollout_error_margin, p99_ratio=s.rollout_p99_ratio, p99_slack_ms=s.rollout_p99_slack_ms,
         accuracy=s.rollout_accuracy_margin, min_labels=s.rollout_min_labels,
-        breach_min_requests=s.rollout_breach_min_requests,
+        breach_min_requests=s.rollout_breach_min_requests, p99_min_samples=s.rollout_p99_min_samples,
     )  # fmt: skip
 
 

@@ -55,6 +55,7 @@ class Margins:
     accuracy: float  # absolute drop allowed with feedback labels
     min_labels: int  # labelled predictions of each version before accuracy is judged
     breach_min_requests: int  # candidate requests before a breach can be called
+    p99_min_samples: int  # model times of each version before p99 is compared (fewer: p99 is the max)
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,7 @@ def breach(stable: VersionStats, cand: VersionStats, m: Margins) -> str | None:
             f"+ {m.error_ratio:g} ({cand.errors} of {cand.requests} requests)"
         )
     c99, s99 = cand.p99_ms, stable.p99_ms
-    enough = len(cand.model_ms) >= m.breach_min_requests // 4 and len(stable.model_ms) >= 10
+    enough = min(len(cand.model_ms), len(stable.model_ms)) >= m.p99_min_samples
     if enough and c99 is not None and s99 is not None and c99 > s99 * m.p99_ratio + m.p99_slack_ms:
         return f"p99 model time {c99:.1f} ms over the stable's {s99:.1f} ms x {m.p99_ratio:g} + {m.p99_slack_ms:g} ms"
     ca, sa = cand.accuracy, stable.accuracy

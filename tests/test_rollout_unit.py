@@ -32,7 +32,15 @@ from inferpool.rollout import (
 )
 from inferpool.settings import Settings
 
-MARGINS = Margins(error_ratio=0.01, p99_ratio=1.5, p99_slack_ms=5, accuracy=0.03, min_labels=50, breach_min_requests=40)
+MARGINS = Margins(
+    error_ratio=0.01,
+    p99_ratio=1.5,
+    p99_slack_ms=5,
+    accuracy=0.03,
+    min_labels=50,
+    breach_min_requests=40,
+    p99_min_samples=50,
+)
 
 
 def _plan(**kw) -> Plan:
