@@ -31,6 +31,7 @@ import numpy as np
 
 from api.dispatch import Dispatcher, Reply
 from inferpool import keys, metrics
+from inferpool.errors import PredictionFailed
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ class Batcher:
         if self.on_answer:
             self.on_answer(version or reply.model_version, len(batch), reply, reply.predictions is None)
         if reply.predictions is None:
-            err = RuntimeError(reply.error or "prediction failed")
+            err = PredictionFailed(f"model version {version or reply.model_version}: {reply.error or 'failed'}")
             for e in batch:
                 if not e.future.done():
                     e.future.set_exception(err)

@@ -21,6 +21,7 @@ from inferpool.errors import (
     MalformedBody,
     ModelError,
     Overloaded,
+    PredictionFailed,
     ResultTimeout,
     RolloutError,
     UnsupportedMediaType,
@@ -89,6 +90,8 @@ async def _inferpool(request: Request, exc: InferpoolError) -> OrjsonResponse:
         return error_response(503, "unavailable", str(exc), headers={"Retry-After": "1"})
     if isinstance(exc, ResultTimeout):
         return error_response(504, "timeout", str(exc), job_id=exc.job_id)
+    if isinstance(exc, PredictionFailed):
+        return error_response(500, "prediction_failed", str(exc))
     if isinstance(exc, ModelError):
         return error_response(503, "model_unavailable", str(exc), headers={"Retry-After": "5"})
     logger.error("unmapped inferpool error: %r", exc)

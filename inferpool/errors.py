@@ -11,6 +11,7 @@ InferpoolError
 ├── Overloaded            predicted wait or backlog over its limit; carries retry_after_s
 ├── BrokerUnavailable     Redis cannot be reached
 ├── ResultTimeout         an answer did not arrive in time; carries the job id
+├── PredictionFailed      the model raised on a request's rows (its version named)
 └── AuthError             missing or wrong API key
 """
 
@@ -73,6 +74,11 @@ class ResultTimeout(InferpoolError):
         super().__init__(f"no answer within {timeout_s:g} s; poll /v1/jobs/{job_id}")
         self.job_id = job_id
         self.timeout_s = timeout_s
+
+
+class PredictionFailed(InferpoolError):
+    """Raised when the worker's model raised on a batch holding the request's rows, or answered with another
+    version than the one routed; the message names the model's error, never a trace."""
 
 
 class AuthError(InferpoolError):

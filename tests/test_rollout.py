@@ -20,7 +20,7 @@ from sklearn.datasets import make_classification
 from sklearn.ensemble import RandomForestClassifier
 
 from inferpool import keys, model_store, registry
-from inferpool.loadtest.http import HttpClient
+from inferpool.loadtest.http import TRANSPORT_ERRORS, HttpClient
 from inferpool.rollout import bucket
 from tests.support.rollout_models import POISON, DisagreeingModel, FailingModel, flip_mask
 from tests.support.slow_model import SlowModel
@@ -121,10 +121,14 @@ class Load:
             work = 5 if self.rng.random() < 0.1 else 0
             sent = time.time()
             body = {"instances": [row.tolist()], "work_ms": work}
-            r = await http.request(
-                "POST", "/v1/predict", orjson.dumps(body), content_type="application/json",
-                headers={"X-Rollout-Key": key}, timeout=30,
-            )  # fmt: skip
+            try:
+                r = await http.request(
+                    "POST", "/v1/predict", orjson.dumps(body), content_type="application/json",
+                    headers={"X-Rollout-Key": key}, timeout=30,
+                )  # fmt: skip
+            except (TimeoutError, *TRANSPORT_ERRORS) as exc:  # counted as an error (status 0), never ends the load
+                self.answers.append(Answer(sent, time.time(), key, 0, repr(exc), row, None))
+                continue
             d = r.json() if r.status == 200 else {}
             pred = d.get("predictions", [None])[0]
             self.answers.append(Answer(sent, time.time(), key, r.status, d.get("model_version"), row, pred))

@@ -14,7 +14,7 @@ from api.schemas import CompatRequest, CompatResponse, ErrorBody, PredictRequest
 from api.security import api_key_header, caller
 from api.state import ApiState
 from inferpool import keys, metrics
-from inferpool.errors import InputError, Overloaded, ResultTimeout
+from inferpool.errors import InputError, Overloaded, PredictionFailed, ResultTimeout
 from inferpool.model_store import Manifest
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(api_key_header)])
@@ -92,9 +92,9 @@ async def _own_task(st: ApiState, X: np.ndarray, work_ms: int, queue: str, versi
     failed = reply.predictions is None or reply.model_version != version
     st.rollout.observe(version, 1, reply, failed)
     if reply.predictions is None:
-        raise RuntimeError(reply.error or "prediction failed")
+        raise PredictionFailed(f"model version {version}: {reply.error or 'failed'}")
     if reply.model_version != version:
-        raise RuntimeError(f"answered by model version {reply.model_version}, routed to {version}")
+        raise PredictionFailed(f"answered by model version {reply.model_version}, routed to {version}")
     return reply.predictions, f"{task_id}.0.{X.shape[0]}", reply.model_version
 
 
