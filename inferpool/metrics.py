@@ -82,6 +82,7 @@ ROLLOUT_SHARE = Gauge(
 # refused: a message whose spec names keys inferpool never writes (workers/specs.py), acked unrun.
 OUTCOMES = ("success", "failure", "retry", "rejected", "refused")
 SHED_ROUTES = ("/predict", "/v1/predict", "/v1/jobs")
+ROLLOUT_ACTIONS = ("start", "advance", "pause", "resume", "abort", "promote", "rollback")
 
 
 def init_worker_series(queues: Iterable[str]) -> None:
@@ -96,6 +97,9 @@ def init_api_series() -> None:
     """Zero-valued shed series for the routes that shed, so a dashboard shows 0 before the first 429."""
     for route in SHED_ROUTES:
         REQUESTS_SHED.labels(route=route, reason="wait")
+    for action in ROLLOUT_ACTIONS:
+        for by in ("auto", "operator"):
+            ROLLOUT_DECISIONS.labels(action=action, by=by)
 
 
 def observe_task(queue: str, rows: int, wait_s: float, run_s: float, preds: np.ndarray, version: str) -> None:

@@ -241,6 +241,21 @@ def apply(plan: Plan, action: Action, now: float) -> Plan:
     return plan
 
 
+def describe(plan: Plan | None) -> str:
+    """One line for ``inferpool status``: the plan, the shares and the last verdict."""
+    if plan is None:
+        return "rollout: none (every answer from the stable version)"
+    where = (
+        f"shadow copy of {plan.steps[0]:g} %" if plan.mode is Mode.shadow else f"{100 * plan.share:g} % to candidate"
+    )
+    line = (
+        f"rollout {plan.id} {plan.mode.value} {plan.state.value}: {plan.stable} -> {plan.candidate}, {where} "
+        f"(step {plan.step + 1} of {len(plan.steps)})"
+    )
+    v = plan.last_verdict
+    return line + (f"; last verdict {v['action']}: {v['reason']}" if v else "")
+
+
 def parse_steps(text: str) -> tuple[float, ...]:
     """``"5,25,50,100"`` -> (5.0, 25.0, 50.0, 100.0); each in (0, 100], increasing. Raises ValueError."""
     steps = tuple(float(p) for p in text.split(",") if p.strip())

@@ -26,6 +26,7 @@ from inferpool.rollout import (
     apply,
     bucket,
     choose,
+    describe,
     judge,
     mix_difference,
     parse_steps,
@@ -100,6 +101,8 @@ def test_steps_advance_after_window_and_requests_then_promote() -> None:
     shadow = _plan(mode=Mode.shadow, steps=(10.0,))
     assert shadow.share == 0 and shadow.shadow_share == 0.1
     assert judge(shadow, _healthy(1000), _healthy(200), MARGINS, 61).action is Action.hold
+    assert "25 % to candidate (step 2 of 4)" in describe(nxt) and "shadow copy of 10 %" in describe(shadow)
+    assert describe(None).startswith("rollout: none")
 
 
 def test_mix_difference_and_steps_parse() -> None:
