@@ -192,8 +192,13 @@ class Rollout:
 
     async def _ended(self, plan: Plan, by: str, why: str) -> Plan:
         if plan.state is State.promoted:
-            # The candidate becomes what `current` names: served after the plan, by processes started later.
-            await asyncio.to_thread(registry.promote, self.settings.model_dir, plan.candidate, why, by)
+            # The candidate becomes what `current` names, for when the plan is gone. Until then the ended plan
+            # routes every request to it, so a model directory this process may not write (a read-only
+            # volume) leaves serving right; `inferpool models promote` finishes the job there.
+            try:
+                await asyncio.to_thread(registry.promote, self.settings.model_dir, plan.candidate, why, by)
+            except OSError as exc:
+                logger.error("rollout %s promoted %s, but `current` was not written: %s", plan.id, plan.candidate, exc)
         return self._set(plan)
 
     def _set(self, plan: Plan) -> Plan:
