@@ -21,7 +21,9 @@ from dataclasses import replace
 import numpy as np
 
 from api.dispatch import Reply
-from inferpool import keys, metrics, registry, rollout_store
+from inferpool import drift, keys, metrics, registry, rollout_store
+from inferpool.drift import window as drift_window
+from inferpool.drift.evaluate import evaluate
 from inferpool.errors import RolloutError
 from inferpool.rollout import ENDED, Action, Margins, Mode, Plan, State, apply, choose, judge, parse_steps
 from inferpool.settings import Settings
@@ -230,6 +232,21 @@ class Rollout:
             except Exception:
                 logger.exception("rollout verdict failed; trying again next tick")
 
+    async def _input_drift(self, version: str) -> dict | None:
+        """Recent inputs against the candidate's own training summary (recorded, not judged): only at a change
+        of share, since one evaluation tests every feature of the window (on a thread)."""
+        try:
+            manifest = registry.known(self.settings.model_dir, version)
+            pipe = self.redis.pipeline(transaction=True)
+            raw_rows, raw_classes = await drift_window.lranges(pipe).execute()
+            w = drift_window.decode(raw_rows, raw_classes)
+            policy = drift.policy_of(self.settings)
+            rep = await asyncio.to_thread(evaluate, manifest, w.X, w.classes, policy=policy, refused=w.refused)
+        except Exception as exc:  # a figure of the record, never a reason to skip the verdict
+            logger.warning("candidate input drift not evaluated: %s", type(exc).__name__)
+            return None
+        return {"status": str(rep.status), "features_drifted": rep.n_features_drifted, "n_samples": rep.n_samples}
+
     async def tick(self, now: float) -> Plan | None:
         """Judge the running plan once and apply the verdict (advance, promote, roll back) or record it (hold)."""
         plan = await rollout_store.load(self.redis)
@@ -238,7 +255,10 @@ class Rollout:
         stable = await rollout_store.stats(self.redis, plan, plan.stable)
         cand = await rollout_store.stats(self.redis, plan, plan.candidate)
         verdict = judge(plan, stable, cand, margins_of(self.settings), now)
-        after = replace(apply(plan, verdict.action, now), last_verdict=verdict.to_json())
+        record = verdict.to_json()
+        if verdict.action is not Action.hold:
+            record["figures"]["candidate_input_drift"] = await self._input_drift(plan.candidate)
+        after = replace(apply(plan, verdict.action, now), last_verdict=record)
         if verdict.action is Action.hold:
             after = replace(after, rev=plan.rev + 1)
             await rollout_store.replace(self.redis, after, plan.rev)  # lost to an operator's change: fine

@@ -230,6 +230,8 @@ def test_canary_rollout_under_load_with_a_process_added_mid_way(rollout_stack, v
     actions = ["start", "advance", "pause", "resume", "advance", "advance", "promote"]
     assert [e["action"] for e in audit] == actions
     assert model_store.current_version(versions.dir) == versions.v2
+    figures = plan["last_verdict"]["figures"]
+    assert figures["candidate_input_drift"]["n_samples"] > 0 and figures["prediction_mix_difference"] is not None
     # 0 errors, 0 lost: every request answered 200, and the ledger balances once drained.
     assert [a.status for a in answers if a.status != 200] == []
     ledger = _ledger(st)

@@ -187,3 +187,27 @@ def test_observed_canary_share_through_real_plans(redis_server, registry_dir, tm
         assert abs(observed - target) <= 0.03
     assert model_store.current_version(d) == cand  # the last step promoted it
     registry.promote(d, stable, "restore for other tests")
+
+
+def test_models_command(registry_dir, tmp_path, capsys) -> None:
+    from inferpool.cli import main
+
+    d, X, y = registry_dir
+    stable = model_store.current_version(d)
+    path = tmp_path / "m.joblib"
+    joblib.dump(RandomForestClassifier(n_estimators=5, random_state=11).fit(X, y), path)
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    argv = ["models", "--model-dir", str(d)]
+    xy = ["--train-x", str(tmp_path / "X.npy"), "--train-y", str(tmp_path / "y.npy"), "--runtime", "joblib"]
+    assert main([*argv, "register", str(path), *xy]) == 0
+    new = capsys.readouterr().out.split("version ")[1].split()[0]
+    assert main([*argv, "list"]) == 0
+    listing = capsys.readouterr().out
+    assert new in listing and f"{stable}" in listing and "stable" in listing
+    assert main([*argv, "promote", new, "--reason", "cli test"]) == 0
+    assert model_store.current_version(d) == new
+    assert main([*argv, "retire", new]) == 1  # serving: refused, with the reason
+    assert "is serving" in capsys.readouterr().out
+    assert main([*argv, "rollback"]) == 0 and model_store.current_version(d) == stable
+    assert main([*argv, "retire", new]) == 0
