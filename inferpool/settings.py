@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     rollout_accuracy_margin: float = Field(0.03, ge=0, le=1)
     rollout_min_labels: int = Field(50, ge=1)
     rollout_breach_min_requests: int = Field(40, ge=1)
-    rollout_p99_min_samples: int = Field(100, ge=1)
+    rollout_p99_min_samples: int = Field(200, ge=1)
 
     # --- micro-batching (front end) ----------------------------------------
     batch_max_rows: int = 256

@@ -327,6 +327,7 @@ def test_shadow_changes_no_answer_and_measures_disagreement(rollout_stack, versi
                 await asyncio.sleep(0.2)
             await asyncio.sleep(1.0)  # a verdict tick records the figures in the plan
             view = await _plan(admin)
+            assert view["state"] == "running", view["last_verdict"]
             aborted = await _admin(admin, "/v1/admin/rollout/abort", {"reason": "shadow test over"})
         return got, view, aborted
 

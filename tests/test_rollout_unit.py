@@ -80,6 +80,9 @@ def test_breaches_roll_back() -> None:
     slow = _healthy(100, ms=30.0)
     v = judge(plan, _healthy(1000), slow, MARGINS, 1.0)
     assert v.action is Action.rollback and "p99" in v.reason
+    # A few preempted tasks: the tail moves, the median does not: no breach.
+    noisy = VersionStats(requests=200, model_ms=(10.0,) * 196 + (100.0,) * 4)
+    assert judge(plan, _healthy(1000), noisy, MARGINS, 1.0).action is Action.hold
     worse = VersionStats(requests=100, model_ms=(10.0,) * 100, labelled=100, correct=80)
     better = VersionStats(requests=1000, model_ms=(10.0,) * 100, labelled=100, correct=95)
     assert "accuracy" in judge(plan, better, worse, MARGINS, 1.0).reason
