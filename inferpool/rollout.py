@@ -228,6 +228,10 @@ def judge(plan: Plan, stable: VersionStats, cand: VersionStats, m: Margins, now:
         return Verdict(Action.hold, f"step window {elapsed:.0f} of {plan.step_s:g} s", now, figs)
     if cand.requests < plan.min_requests:
         return Verdict(Action.hold, f"{cand.requests} of {plan.min_requests} candidate requests", now, figs)
+    timed = min(len(cand.model_ms), len(stable.model_ms))
+    if timed < m.p99_min_samples:
+        # Never advance on a latency that could not be judged.
+        return Verdict(Action.hold, f"{timed} of {m.p99_min_samples} model times to compare p99", now, figs)
     if plan.mode is Mode.shadow:
         return Verdict(Action.hold, "shadow window passed within margins; advance to promote", now, figs)
     if plan.step + 1 >= len(plan.steps):

@@ -94,6 +94,8 @@ def test_steps_advance_after_window_and_requests_then_promote() -> None:
     plan = _plan()
     assert judge(plan, _healthy(1000), _healthy(200), MARGINS, 30).action is Action.hold  # window not over
     assert judge(plan, _healthy(1000), _healthy(50), MARGINS, 61).action is Action.hold  # too few requests
+    untimed = VersionStats(requests=500, model_ms=(10.0,) * 20)
+    assert "model times" in judge(plan, _healthy(1000), untimed, MARGINS, 61).reason  # latency not judged yet
     v = judge(plan, _healthy(1000), _healthy(200), MARGINS, 61)
     assert v.action is Action.advance and v.figures["prediction_mix_difference"] == 0
     nxt = apply(plan, v.action, 61)
