@@ -252,7 +252,9 @@ class Rollout:
         plan = await rollout_store.load(self.redis)
         if plan is None or plan.state is not State.running:
             return plan
-        stable = await rollout_store.stats(self.redis, plan, plan.stable)
+        # At 100 % the stable version gets no traffic: its figures of the step before are the baseline.
+        baseline_step = plan.step - 1 if plan.share >= 1.0 and plan.step > 0 else plan.step
+        stable = await rollout_store.stats(self.redis, plan, plan.stable, baseline_step)
         cand = await rollout_store.stats(self.redis, plan, plan.candidate)
         verdict = judge(plan, stable, cand, margins_of(self.settings), now)
         record = verdict.to_json()
