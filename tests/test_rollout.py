@@ -7,6 +7,7 @@ candidate), v3 (a third version nobody routes to), and three made-to-fail candid
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -29,9 +30,9 @@ API_KEY, ADMIN_KEY = "ip-test-data", "ip-test-admin"
 DATA = {"X-API-Key": API_KEY}
 ADMIN = {"X-API-Key": ADMIN_KEY}
 CLIENTS = 12  # concurrent callers of the load
-RATE = 100.0  # requests/s of the steady load: the machine is shared, a saturating load starves new processes
+RATE = 150.0  # requests/s of the steady load: the machine is shared, a saturating load starves new processes
 # Each canary step lasts long enough for ~1,000 requests at RATE: the share is measured per step over them.
-STEP_S = 11.0
+STEP_S = 7.0
 # A worker process started while the machine is loaded takes long to import everything.
 WORKER_START_S = 120.0
 # How late an API process may still route by the plan before a change: its plan cache, and a margin.
@@ -191,7 +192,7 @@ def _add_worker(st, node: str) -> None:
 
 
 def test_canary_rollout_under_load_with_a_process_added_mid_way(rollout_stack, versions) -> None:
-    st = rollout_stack(INFERPOOL_ROLLOUT_P99_MIN_SAMPLES="20")  # 5 % of 100 req/s for 11 s: ~50 candidate tasks
+    st = rollout_stack(INFERPOOL_ROLLOUT_P99_MIN_SAMPLES="20")  # 5 % of 150 req/s for 7 s: ~50 candidate tasks
     load = Load(st.url, _rows(2000, 1))
     added: dict[str, float] = {}
 
@@ -256,18 +257,26 @@ def test_canary_rollout_under_load_with_a_process_added_mid_way(rollout_stack, v
             continue
         observed = 100 * sum(a.version == versions.v2 for a in inside) / len(inside)
         target = 100 * e["share_after"]
-        print(f"share {target:g} %: observed {observed:.1f} % of {len(inside)} requests")
-        if len(inside) >= 1000:
-            assert abs(observed - target) <= 3
+        # Routing by a hash of the caller is binomial sampling: over 1,000 requests at 50 % one standard
+        # deviation is 1.6 points, so +-3 holds ~94 % of the time per step (test_rollout_unit checks +-3 over
+        # 4,000 decisions per step); here the bound is 3.5 deviations, never under 3 points.
+        sigma = 100 * (e["share_after"] * (1 - e["share_after"]) / len(inside)) ** 0.5
+        print(f"share {target:g} %: observed {observed:.1f} % of {len(inside)} requests (1 sd {sigma:.2f} points)")
+        assert abs(observed - target) <= max(3.0, 3.5 * sigma)
     print(f"{len(answers)} answers, {len(after)} after the process swap; ledger {ledger}")
 
 
-@pytest.mark.parametrize("bad", ["failing", "slow"])
-def test_a_bad_candidate_is_rolled_back_within_one_step_window(rollout_stack, versions, bad) -> None:
+def test_bad_candidates_are_rolled_back_within_one_step_window(rollout_stack, versions) -> None:
+    """One failing on 10 % of rows, then one about 3x slower, each rolled back by the verdict loop alone."""
     st = rollout_stack(
         INFERPOOL_ROLLOUT_BREACH_MIN_REQUESTS="40", INFERPOOL_ROLLOUT_P99_SLACK_MS="2",
         INFERPOOL_ROLLOUT_P99_MIN_SAMPLES="100",
     )  # fmt: skip
+    for bad in ("failing", "slow"):
+        _rolled_back(st, versions, bad)
+
+
+def _rolled_back(st, versions: Versions, bad: str) -> None:
     candidate = getattr(versions, bad)
     step_s = 8.0
     load = Load(st.url, _rows(2000, 2), poison_share=0.1 if bad == "failing" else 0.0)
@@ -285,7 +294,7 @@ def test_a_bad_candidate_is_rolled_back_within_one_step_window(rollout_stack, ve
             await runner
             metrics_text = (await admin.get("/metrics")).body.decode()
             audit = (await admin.get("/v1/admin/rollout/audit?limit=50")).json()["records"]
-        assert 'inferpool_rollout_decisions_total{action="rollback",by="auto"}' in metrics_text
+        assert re.search(r'inferpool_rollout_decisions_total\{action="rollback",by="auto"\} [1-9]', metrics_text)
         return {**plan, "started": started["started_at"]}, audit[::-1]
 
     plan, audit = asyncio.run(run())
@@ -347,10 +356,11 @@ def test_shadow_changes_no_answer_and_measures_disagreement(rollout_stack, versi
     assert compared >= 0.98 * len(rows)
     assert abs(reported - true_rate) <= 0.02 and abs(disagreed / compared - true_rate) <= 0.02
     assert aborted["state"] == "aborted" and model_store.current_version(versions.dir) == versions.v1
+    _admin_errors(st, versions)
 
 
-def test_admin_routes_need_the_admin_key_and_name_bad_input(rollout_stack, versions) -> None:
-    st = rollout_stack()
+def _admin_errors(st, versions: Versions) -> None:
+    """Admin routes need the admin key, and bad input is named."""
 
     async def run() -> list[tuple[int, dict]]:
         async with HttpClient(st.url, headers=DATA) as http, HttpClient(st.url, headers=ADMIN) as admin:
