@@ -77,21 +77,24 @@ class Rollout:
         return version, None
 
     # --- figures ------------------------------------------------------------------
-    def observe(self, version: str, requests: int, reply: Reply | None, error: bool) -> None:
-        """One answered batch (``reply`` None: it timed out), counted under the version routed."""
+    def observe(self, version: str, requests: int, reply: Reply | None, error: bool, timed: bool = True) -> None:
+        """One answered batch (``reply`` None: it timed out), counted under the version routed.
+
+        ``timed`` False: the task also held its process for simulated work, so its run time is not model time.
+        """
         if not version:
             return
         outcome = "error" if error or reply is None else "success"
         metrics.VERSION_REQUESTS.labels(model_version=version, outcome=outcome).inc(requests)
         model_ms = None
         classes: dict[str, int] = {}
-        if reply is not None and not error:
+        if reply is not None and not error and timed:
             run_s = max(reply.finished - reply.started, 0.0)
             metrics.VERSION_MODEL_TIME.labels(model_version=version).observe(run_s)
             model_ms = run_s * 1000
-            if reply.predictions is not None:
-                labels, counts = np.unique(reply.predictions, return_counts=True)
-                classes = {str(k): int(n) for k, n in zip(labels.tolist(), counts.tolist(), strict=True)}
+        if reply is not None and not error and reply.predictions is not None:
+            labels, counts = np.unique(reply.predictions, return_counts=True)
+            classes = {str(k): int(n) for k, n in zip(labels.tolist(), counts.tolist(), strict=True)}
         plan = self._plan
         if plan is None or plan.state in ENDED or version not in (plan.stable, plan.candidate):
             return

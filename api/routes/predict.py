@@ -90,7 +90,7 @@ async def _own_task(st: ApiState, X: np.ndarray, work_ms: int, queue: str, versi
         st.rollout.observe(version, 1, None, True)
         raise ResultTimeout(f"{task_id}.0.{X.shape[0]}", st.settings.predict_timeout_s) from None
     failed = reply.predictions is None or reply.model_version != version
-    st.rollout.observe(version, 1, reply, failed)
+    st.rollout.observe(version, 1, reply, failed, timed=not work_ms)
     if reply.predictions is None:
         raise PredictionFailed(f"model version {version}: {reply.error or 'failed'}")
     if reply.model_version != version:
