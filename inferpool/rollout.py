@@ -36,6 +36,8 @@ class State(StrEnum):
 
 
 ENDED = (State.promoted, State.rolled_back, State.aborted)
+# Candidate errors before an error-ratio breach can be called, whatever the ratio.
+MIN_ERRORS = 3
 
 
 class Action(StrEnum):
@@ -194,7 +196,9 @@ def figures(stable: VersionStats, cand: VersionStats) -> dict[str, Any]:
 
 def breach(stable: VersionStats, cand: VersionStats, m: Margins) -> str | None:
     """Why the candidate is worse than the margins allow, or None."""
-    if cand.requests >= m.breach_min_requests and cand.error_ratio > stable.error_ratio + m.error_ratio:
+    # A lone error (a timeout on a busy machine) is no evidence: a breach needs MIN_ERRORS of them.
+    enough = cand.requests >= m.breach_min_requests and cand.errors >= MIN_ERRORS
+    if enough and cand.error_ratio > stable.error_ratio + m.error_ratio:
         return (
             f"error ratio {cand.error_ratio:.3f} over the stable's {stable.error_ratio:.3f} "
             f"+ {m.error_ratio:g} ({cand.errors} of {cand.requests} requests)"
