@@ -217,3 +217,29 @@ def test_models_command(registry_dir, tmp_path, capsys) -> None:
     assert "is serving" in capsys.readouterr().out
     assert main([*argv, "rollback"]) == 0 and model_store.current_version(d) == stable
     assert main([*argv, "retire", new]) == 0
+
+
+def test_worker_versions_are_an_lru_with_integrity_checks(registry_dir, tmp_path, monkeypatch) -> None:
+    from inferpool.errors import ModelIntegrityError
+    from inferpool.settings import get_settings
+    from workers.runtime import Runtime
+    from workers.versions import VersionCache
+
+    d, X, y = registry_dir
+    monkeypatch.setenv("INFERPOOL_MODEL_DIR", str(d))
+    monkeypatch.setenv("INFERPOOL_MODEL_CACHE_VERSIONS", "2")  # its own version and one more
+    get_settings.cache_clear()
+    try:
+        model, manifest = model_store.load_model(d)
+        base = Runtime(model, manifest, redis=None, runtime="joblib")
+        a, b = (_register(d, X, y, seed, tmp_path).version for seed in (21, 22))
+        cache = VersionCache()
+        assert cache.runtime_for(base, None) is base and cache.runtime_for(base, manifest.version) is base
+        rt_a = cache.runtime_for(base, a)
+        assert rt_a.manifest.version == a and cache.runtime_for(base, a) is rt_a  # held
+        assert cache.runtime_for(base, b).manifest.version == b and cache.held() == [b]  # a evicted
+        (d / f"{a}.joblib").write_bytes(b"tampered")
+        with pytest.raises(ModelIntegrityError):
+            cache.runtime_for(base, a)  # loaded again, checked again: refused, never another version
+    finally:
+        get_settings.cache_clear()
