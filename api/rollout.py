@@ -64,6 +64,9 @@ class Rollout:
             self._read_at = now
             try:
                 self._plan = await rollout_store.load(self.redis)
+                if self._plan is not None:
+                    # Every API process states the share it routes by (the gauge keeps each live process's value).
+                    metrics.ROLLOUT_SHARE.labels(model_version=self._plan.candidate).set(self._plan.share)
             except Exception as exc:
                 logger.warning("rollout plan not read (%s); routing by the last one", type(exc).__name__)
         return self._plan
