@@ -32,7 +32,7 @@ ADMIN = {"X-API-Key": ADMIN_KEY}
 CLIENTS = 12  # concurrent callers of the load
 RATE = 150.0  # requests/s of the steady load: the machine is shared, a saturating load starves new processes
 # Each canary step lasts long enough for ~1,000 requests at RATE: the share is measured per step over them.
-STEP_S = 7.0
+STEP_S = 9.0
 # A worker process started while the machine is loaded takes long to import everything.
 WORKER_START_S = 120.0
 # How late an API process may still route by the plan before a change: its plan cache, and a margin.
@@ -192,7 +192,7 @@ def _add_worker(st, node: str) -> None:
 
 
 def test_canary_rollout_under_load_with_a_process_added_mid_way(rollout_stack, versions) -> None:
-    st = rollout_stack(INFERPOOL_ROLLOUT_P99_MIN_SAMPLES="20")  # 5 % of 150 req/s for 7 s: ~50 candidate tasks
+    st = rollout_stack(INFERPOOL_ROLLOUT_P99_MIN_SAMPLES="20")  # 5 % of 150 req/s for 9 s: ~65 candidate tasks
     load = Load(st.url, _rows(2000, 1))
     added: dict[str, float] = {}
 
