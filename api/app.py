@@ -15,7 +15,7 @@ from api import errors, openapi
 from api.edge import EdgeGuard
 from api.job_ttl import InflightTtl
 from api.responses import OrjsonResponse
-from api.routes import jobs, ops, predict
+from api.routes import jobs, ops, predict, rollout
 from api.security import load_tables
 from api.state import build_state
 from inferpool import metrics, telemetry
@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.api = state
         state.dispatcher.start()
         state.batcher.start()
+        state.rollout.start_loop()
         ttl_keeper = InflightTtl(aredis, s.result_ttl_s)
         ttl_keeper.start()
         try:
@@ -91,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             pass
         yield
         await ttl_keeper.close()
+        await state.rollout.close()
         await state.batcher.close()
         await state.dispatcher.close()
         await aredis.aclose()
@@ -108,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(jobs.router)
     app.include_router(ops.router)
+    app.include_router(rollout.router)
     app.add_api_route(
         "/metrics", _metrics, methods=["GET"], tags=["monitoring"], response_class=PlainTextResponse,
         responses={200: {"description": "Prometheus text exposition (version 0.0.4)."}},

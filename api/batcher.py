@@ -24,12 +24,14 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from api.dispatch import Dispatcher, Reply
 from inferpool import keys, metrics
+from inferpool.errors import PredictionFailed
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,8 @@ class Entry:
     arrived: float
     future: asyncio.Future = field(repr=False)
     job_id: str | None = None
+    version: str = ""  # a batch holds rows of one model version ("": the one `current` names)
+    shadow: bool = False  # a copy for a shadow candidate: answers nobody, counts in no ledger
 
 
 @dataclass(frozen=True)
@@ -89,9 +93,11 @@ class BatchAnswer:
 class Batcher:
     def __init__(
         self, dispatcher: Dispatcher, max_rows: int, max_wait_s: float, budget_s: float, max_in_flight: int,
-        reply_timeout_s: float,
+        reply_timeout_s: float, on_answer: Callable[[str, int, Reply | None, bool], None] | None = None,
     ) -> None:  # fmt: skip
         self.dispatcher = dispatcher
+        # Called once per batch with (version, requests, reply or None on timeout, failed): per-version figures.
+        self.on_answer = on_answer
         self.max_rows = max_rows
         self.max_wait_s = max_wait_s
         self.budget_s = budget_s
@@ -115,9 +121,12 @@ class Batcher:
             if not e.future.done():
                 e.future.cancel()
 
-    def submit(self, rows: np.ndarray) -> Entry:
-        """Queue rows for the next batch; await ``entry.future`` for a BatchAnswer."""
-        entry = Entry(rows=rows, arrived=time.monotonic(), future=asyncio.get_running_loop().create_future())
+    def submit(self, rows: np.ndarray, version: str = "", shadow: bool = False) -> Entry:
+        """Queue rows for the next batch of ``version``; await ``entry.future`` for a BatchAnswer."""
+        entry = Entry(
+            rows=rows, arrived=time.monotonic(), future=asyncio.get_running_loop().create_future(),
+            version=version, shadow=shadow,
+        )  # fmt: skip
         self._pending.append(entry)
         self._changed.set()
         return entry
@@ -156,11 +165,20 @@ class Batcher:
                 return
 
     def _take(self, limit: int) -> list[Entry]:
+        """The oldest entry and the next ones of its version that fit; other versions keep their places."""
         batch = [self._pending.popleft()]
-        rows = len(batch[0].rows)
-        while self._pending and rows + len(self._pending[0].rows) <= limit:
-            rows += len(self._pending[0].rows)
+        version, rows = batch[0].version, len(batch[0].rows)
+        others: list[Entry] = []
+        while self._pending:
+            e = self._pending[0]
+            if e.version != version:
+                others.append(self._pending.popleft())
+                continue
+            if rows + len(e.rows) > limit:
+                break
+            rows += len(e.rows)
             batch.append(self._pending.popleft())
+        self._pending.extendleft(reversed(others))
         return batch
 
     async def _send(self, batch: list[Entry]) -> None:
@@ -178,7 +196,9 @@ class Batcher:
             metrics.BATCHER_WAIT.observe(now - e.arrived)
         metrics.BATCHER_ROWS.observe(len(rows))
         try:
-            task_id, fut = await self.dispatcher.publish_rows(rows, 0, keys.QUEUE_ONLINE, reqs=len(batch))
+            task_id, fut = await self.dispatcher.publish_rows(
+                rows, 0, keys.QUEUE_ONLINE, reqs=sum(not e.shadow for e in batch), model_version=batch[0].version
+            )
         except Exception as exc:
             for e in batch:
                 if not e.future.done():
@@ -196,12 +216,21 @@ class Batcher:
         except TimeoutError:
             # Callers time out on their own and get a job id to poll; free the slot.
             self.dispatcher.forget(task_id)
+            if self.on_answer:
+                self.on_answer(batch[0].version, len(batch), None, True)
             return
         self._deliver(batch, reply)
 
     def _deliver(self, batch: list[Entry], reply: Reply) -> None:
+        version = batch[0].version
+        if version and reply.predictions is not None and reply.model_version != version:
+            # Never happens with inferpool's workers; an answer of another version is refused, not passed on.
+            reply = Reply(reply.task_id, None, reply.model_version, reply.enqueued, reply.started, reply.finished,
+                          f"answered by model version {reply.model_version}, routed to {version}")  # fmt: skip
+        if self.on_answer:
+            self.on_answer(version or reply.model_version, len(batch), reply, reply.predictions is None)
         if reply.predictions is None:
-            err = RuntimeError(reply.error or "prediction failed")
+            err = PredictionFailed(f"model version {version or reply.model_version}: {reply.error or 'failed'}")
             for e in batch:
                 if not e.future.done():
                     e.future.set_exception(err)

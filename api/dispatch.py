@@ -112,15 +112,20 @@ class Dispatcher:
         metrics.TASKS_ENQUEUED.labels(queue=queue).inc()
 
     async def publish_rows(
-        self, rows: np.ndarray | None, work_ms: int, queue: str, reqs: int
+        self, rows: np.ndarray | None, work_ms: int, queue: str, reqs: int, model_version: str | None = None
     ) -> tuple[str, asyncio.Future]:
-        """Send rows inline as one task (or, with ``rows=None``, only simulated work); the future gets its Reply."""
+        """Send rows inline as one task (or, with ``rows=None``, only simulated work); the future gets its Reply.
+
+        ``model_version``: the version the worker must run (``mv``); none means the one ``current`` names.
+        """
         task_id = secrets.token_hex(16)  # 128 random bits: it is also the pollable job id of the request
         spec: dict[str, Any] = {
             "id": task_id, "n": 0, "work_ms": work_ms, "reply": self.reply_key, "queue": queue, "reqs": reqs,
         }  # fmt: skip
         if rows is not None:
             spec.update(n=int(rows.shape[0]), rows=codec.rows_to_b64(rows))
+        if model_version:
+            spec["mv"] = model_version
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._waiting[task_id] = fut
         try:

@@ -30,7 +30,9 @@ from inferpool.errors import (
     MalformedBody,
     ModelError,
     Overloaded,
+    PredictionFailed,
     ResultTimeout,
+    RolloutError,
     UnsupportedMediaType,
 )
 
@@ -122,6 +124,8 @@ async def _inferpool(request: Request, exc: InferpoolError) -> ProblemResponse:
     if isinstance(exc, InputError):
         await inputs.record_refusal(request, [exc.field], getattr(exc, "cells", ()))  # drift signal
         return error_response(422, "invalid_input", str(exc), path, field=exc.field)
+    if isinstance(exc, RolloutError):
+        return error_response(409, "rollout_conflict", str(exc), path)
     if isinstance(exc, PayloadTooLarge):
         return error_response(413, "payload_too_large", str(exc), path)
     if isinstance(exc, JobNotFound):
@@ -138,6 +142,8 @@ async def _inferpool(request: Request, exc: InferpoolError) -> ProblemResponse:
         return error_response(503, "unavailable", str(exc), path, headers={"Retry-After": "1"})
     if isinstance(exc, ResultTimeout):
         return error_response(504, "timeout", str(exc), path, job_id=exc.job_id)
+    if isinstance(exc, PredictionFailed):
+        return error_response(500, "prediction_failed", str(exc), path)
     if isinstance(exc, ModelError):
         return error_response(503, "model_unavailable", str(exc), path, headers={"Retry-After": "5"})
     logger.error("unmapped inferpool error: %r", exc)

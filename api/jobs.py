@@ -108,7 +108,7 @@ class JobStore:
         )  # fmt: skip
         pipe.expire(keys.job(job_id), self.ttl_s)
         await pipe.execute()
-        await self._publish_and_accept(job_id, n_rows, n_chunks, work_ms)
+        await self._publish_and_accept(job_id, n_rows, n_chunks, work_ms, model_version)
 
     async def exists(self, job_id: str) -> bool:
         return bool(await self.redis.exists(keys.job(job_id)))
@@ -118,17 +118,21 @@ class JobStore:
 
         Its chunks are published again: any that already ran run twice and count as duplicates.
         """
-        n, n_chunks, work_ms, accepted = await self.redis.hmget(
-            keys.job(job_id), ["n_rows", "n_chunks", "work_ms", "accepted"]
+        n, n_chunks, work_ms, accepted, version = await self.redis.hmget(
+            keys.job(job_id), ["n_rows", "n_chunks", "work_ms", "accepted", "model_version"]
         )
         if n is None:
             return False
         if accepted is None:
-            await self._publish_and_accept(job_id, int(n), int(n_chunks), int(work_ms))
+            mv = version.decode() if version else None
+            await self._publish_and_accept(job_id, int(n), int(n_chunks), int(work_ms), mv)
         return True
 
-    async def _publish_and_accept(self, job_id: str, n: int, n_chunks: int, work_ms: int) -> None:
-        specs = [chunk_spec(job_id, k, chunk_rows(n, self.chunk_rows, k), work_ms) for k in range(n_chunks)]
+    async def _publish_and_accept(
+        self, job_id: str, n: int, n_chunks: int, work_ms: int, model_version: str | None
+    ) -> None:
+        n_rows = [chunk_rows(n, self.chunk_rows, k) for k in range(n_chunks)]
+        specs = [chunk_spec(job_id, k, rows, work_ms, model_version) for k, rows in enumerate(n_rows)]
         tasks = [(keys.chunk_task_id(job_id, k), spec) for k, spec in enumerate(specs)]
         await self.dispatcher.publish_many(tasks, specs[0]["queue"])
         accepted = await self._accept(

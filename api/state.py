@@ -12,6 +12,7 @@ from api.dispatch import Dispatcher
 from api.idempotency import Claims
 from api.jobs import JobStore
 from api.quota import Quotas
+from api.rollout import Rollout
 from inferpool import keys, queues, redis_fit, status
 from inferpool.errors import BrokerUnavailable, ModelError, Overloaded
 from inferpool.model_store import Manifest, read_manifest
@@ -60,6 +61,7 @@ class ApiState:
     jobs: JobStore
     quotas: Quotas
     claims: Claims
+    rollout: Rollout
     _manifest: Manifest | None = None
     _snapshot: queues.Snapshot | None = None
     _capacity: Capacity = field(default_factory=lambda: Capacity({}, {}))
@@ -170,6 +172,7 @@ def check_redis_fit(settings: Settings) -> None:
 def build_state(settings: Settings, aredis) -> ApiState:
     check_redis_fit(settings)
     dispatcher = Dispatcher(settings.redis_url, settings.result_ttl_s)
+    rollout = Rollout(aredis, settings, dispatcher.instance)
     batcher = Batcher(
         dispatcher,
         max_rows=settings.batch_max_rows,
@@ -177,12 +180,13 @@ def build_state(settings: Settings, aredis) -> ApiState:
         budget_s=settings.batch_latency_budget_ms / 1000,
         max_in_flight=settings.batch_max_in_flight,
         reply_timeout_s=settings.predict_timeout_s,
+        on_answer=rollout.observe,
     )
     secret = settings.job_id_secret.get_secret_value() if settings.job_id_secret else None
     jobs = JobStore(aredis, dispatcher, settings.job_chunk_rows, settings.result_ttl_s, secret)
     state = ApiState(
         settings=settings, redis=aredis, dispatcher=dispatcher, batcher=batcher, jobs=jobs,
-        quotas=Quotas(aredis, settings), claims=Claims(aredis, settings.result_ttl_s),
+        quotas=Quotas(aredis, settings), claims=Claims(aredis, settings.result_ttl_s), rollout=rollout,
     )  # fmt: skip
     try:
         state.manifest()

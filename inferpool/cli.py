@@ -236,6 +236,10 @@ def _optional_commands(sub, wanted: str | None) -> None:
         from inferpool.status_view import add_status_command
 
         add_status_command(sub)
+    if wanted in (None, "models"):
+        from inferpool.models_cli import add_models_command
+
+        add_models_command(sub)
     if wanted in (None, "exporter"):
         from inferpool.exporter import add_exporter_command
 

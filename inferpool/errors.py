@@ -3,6 +3,7 @@
 InferpoolError
 ├── ModelError            the model directory holds no usable model
 │   └── ModelIntegrityError   a model file does not match its manifest
+├── RolloutError          a rollout plan change that cannot be made (no plan, a version in use)
 ├── InputError            a request's rows or parameters break a rule (names the field)
 │   ├── MalformedBody         the body cannot be parsed at all (not JSON, not UTF-8 CSV)
 │   └── UnsupportedMediaType  the body's content type is not one the route reads
@@ -10,6 +11,7 @@ InferpoolError
 ├── Overloaded            predicted wait or backlog over its limit; carries retry_after_s
 ├── BrokerUnavailable     Redis cannot be reached
 ├── ResultTimeout         an answer did not arrive in time; carries the job id
+├── PredictionFailed      the model raised on a request's rows (its version named)
 └── AuthError             missing or wrong API key
 """
 
@@ -26,6 +28,10 @@ class ModelError(InferpoolError):
 
 class ModelIntegrityError(ModelError):
     """Raised when a model file's sha256 differs from its manifest: it is never loaded."""
+
+
+class RolloutError(InferpoolError):
+    """Raised when a rollout or registry change cannot be made: no such plan or version, a version in use."""
 
 
 class InputError(InferpoolError):
@@ -68,6 +74,11 @@ class ResultTimeout(InferpoolError):
         super().__init__(f"no answer within {timeout_s:g} s; poll /v1/jobs/{job_id}")
         self.job_id = job_id
         self.timeout_s = timeout_s
+
+
+class PredictionFailed(InferpoolError):
+    """Raised when the worker's model raised on a batch holding the request's rows, or answered with another
+    version than the one routed; the message names the model's error, never a trace."""
 
 
 class AuthError(InferpoolError):

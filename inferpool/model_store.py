@@ -131,9 +131,10 @@ def save_model(
     model_dir: Path,
     runtime: CompileChoice = "auto",
     held_out: tuple[np.ndarray, np.ndarray] | None = None,
+    promote: bool = True,
 ) -> Manifest:
     """Write ``model`` (compiled too, unless ``runtime`` is joblib) and its manifest into ``model_dir``,
-    and make it the served version.
+    and make it the served version (unless ``promote`` is False: ``inferpool models register``).
 
     The manifest also records the model's score and permutation importance on rows it was not trained
     on: ``held_out`` (X, y) when given, else cross-fitted on the training rows (``inferpool.importance``).
@@ -169,7 +170,8 @@ def save_model(
         held_out=importance.measure(model, X_train, y_train, class_list, held_out),
     )
     (model_dir / f"{version}.json").write_text(json.dumps(manifest.to_json(), indent=2))
-    (model_dir / CURRENT_FILE).write_text(version + "\n")
+    if promote:
+        (model_dir / CURRENT_FILE).write_text(version + "\n")
     return manifest
 
 
@@ -213,6 +215,7 @@ def register_model(
     model_dir: Path,
     runtime: CompileChoice = "auto",
     held_out: tuple[np.ndarray, np.ndarray] | None = None,
+    promote: bool = True,
 ) -> Manifest:
     """Register a user's own joblib model, summarised against the data it was trained on.
 
@@ -223,7 +226,7 @@ def register_model(
     model = joblib.load(model_path)
     if not hasattr(model, "predict"):
         raise ModelError(f"{model_path} holds a {type(model).__name__}, which has no predict()")
-    return save_model(model, X_train, y_train, model_dir, runtime, held_out)
+    return save_model(model, X_train, y_train, model_dir, runtime, held_out, promote)
 
 
 def current_version(model_dir: Path) -> str:

@@ -92,10 +92,14 @@ def chunk_rows(n_rows: int, rows_per_chunk: int, chunk: int) -> int:
     return min(rows_per_chunk, n_rows - chunk * rows_per_chunk)
 
 
-def chunk_spec(job_id: str, chunk: int, n_rows: int, work_ms: int) -> dict[str, Any]:
+def chunk_spec(job_id: str, chunk: int, n_rows: int, work_ms: int, model_version: str | None = None) -> dict[str, Any]:
     """The message of one job chunk: a reference to its rows in Redis, never the rows themselves.
 
-    Chunks carrying simulated work share the work queue with heavy requests; plain ones go to bulk.
+    Chunks carrying simulated work share the work queue with heavy requests; plain ones go to bulk. Every
+    chunk of a job names the job's model version (``mv``), so a job never mixes two versions.
     """
     queue = keys.QUEUE_WORK if work_ms else keys.QUEUE_BULK
-    return {"id": f"{job_id}:{chunk}", "job": job_id, "chunk": chunk, "n": n_rows, "work_ms": work_ms, "queue": queue}
+    spec = {"id": f"{job_id}:{chunk}", "job": job_id, "chunk": chunk, "n": n_rows, "work_ms": work_ms, "queue": queue}
+    if model_version:
+        spec["mv"] = model_version
+    return spec

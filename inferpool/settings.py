@@ -52,6 +52,25 @@ class Settings(BaseSettings):
     allow_eviction: bool = False
     redis_memory_shed_share: float = Field(0.8, gt=0, le=1)
 
+    # --- model versions and rollout (inferpool.rollout) ---------------------
+    # Versions each worker process keeps loaded (LRU): a rollout needs two; one more spares a reload after it.
+    model_cache_versions: int = Field(3, ge=1)
+    # A canary routes by this header's value when a request has it, else by the caller's API key id.
+    rollout_key_header: str = "X-Rollout-Key"
+    rollout_steps: str = "5,25,50,100"  # canary shares per step, %
+    rollout_shadow_share: float = Field(10.0, gt=0, le=100)  # % of requests copied to a shadow candidate
+    rollout_step_s: float = Field(300.0, gt=0)  # minimum time per step
+    rollout_min_requests: int = Field(200, ge=1)  # minimum candidate requests per step
+    rollout_tick_s: float = Field(1.0, gt=0)  # how often the verdict loop looks (one API process, a Redis lock)
+    rollout_plan_cache_s: float = Field(0.5, ge=0)  # how long an API process reuses the plan it read
+    rollout_error_margin: float = Field(0.01, ge=0, le=1)
+    rollout_p99_ratio: float = Field(1.5, ge=1)
+    rollout_p99_slack_ms: float = Field(5.0, ge=0)
+    rollout_accuracy_margin: float = Field(0.03, ge=0, le=1)
+    rollout_min_labels: int = Field(50, ge=1)
+    rollout_breach_min_requests: int = Field(40, ge=1)
+    rollout_p99_min_samples: int = Field(200, ge=1)
+
     # --- micro-batching (front end) ----------------------------------------
     batch_max_rows: int = 256
     batch_max_wait_ms: float = 5.0

@@ -23,9 +23,10 @@ from typing import Any
 import httpx
 import redis
 
-from inferpool import drift, keys, model_store, status
+from inferpool import drift, keys, model_store, rollout_store, status
 from inferpool.client_auth import ApiKeyError, add_api_key_arguments, api_key_from
 from inferpool.compiled import served_runtime
+from inferpool.rollout import Plan, describe
 from inferpool.settings import Settings, get_settings
 
 WINDOW_S = 10.0
@@ -115,17 +116,23 @@ class Viewer:
         n = f"{d['n_features_drifted']}/{d['n_features']} features drifted"
         return f"drift: {d['status']} (window {d['n_samples']} rows, {n}){detail}"
 
-    async def _model(self, http: httpx.AsyncClient) -> str:
+    async def _model(self, http: httpx.AsyncClient, aclient: Any) -> str:
         if self.url:
             r = await http.get(f"{self.url}/v1/models")
             _raise_for_problem(r)
             m = r.json()
             runtime = (m.get("runtime") or {}).get("runtime", "joblib")
+            plan = (
+                Plan.from_json({k: v for k, v in m["rollout"].items() if k not in ("shares", "shadow_share")})
+                if m.get("rollout")
+                else None
+            )
         else:
             manifest = model_store.read_manifest(self.settings.model_dir)
             m = manifest.to_json()
             runtime = served_runtime(manifest.runtime, self.settings.model_runtime)
-        return f"model {m['version']} ({m['estimator']}, runtime {runtime})"
+            plan = await rollout_store.load(aclient)
+        return f"model {m['version']} ({m['estimator']}, runtime {runtime})\n{describe(plan)}"
 
     async def _buckets(self, aclient: Any, http: httpx.AsyncClient, names: list[str]) -> dict[float, float]:
         if aclient is None:
@@ -153,7 +160,7 @@ class Viewer:
             except Exception as exc:  # drift is one line of many: show why, keep the rest
                 self.drift_line = f"drift: unavailable ({type(exc).__name__})"
             try:
-                self.model_line = await self._model(http)
+                self.model_line = await self._model(http, aclient)
             except Exception as exc:
                 self.model_line = f"model: unavailable ({type(exc).__name__})"
             self._drift_at = now

@@ -15,7 +15,7 @@ from inferpool import cli, client_auth, extras, status_view
 from inferpool.loadtest import SpecError, add_loadtest_arguments, config_from_args
 
 COMMANDS = {"train", "register", "api", "worker", "flower", "up", "health", "loadtest", "plot", "scaler", "status",
-            "exporter"}  # fmt: skip
+            "exporter", "models"}  # fmt: skip
 
 
 def test_version_from_package_metadata(capsys):

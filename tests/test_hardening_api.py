@@ -25,7 +25,7 @@ import pytest
 
 from api import intake
 from api.errors import problem_type
-from inferpool import keys
+from inferpool import keys, model_store
 from tests.support.jobs import wait_job
 from tests.support.waiting import wait_until
 
@@ -192,16 +192,17 @@ def test_idempotency_key_in_flight_is_409_and_another_body_422(keyed, stack):
         assert changed.status_code == 422 and changed.json()["field"] == "Idempotency-Key", changed.text
 
 
-def test_a_retry_finishes_a_submit_that_stored_its_job_then_failed(keyed, stack, reference_model):
+def test_a_retry_finishes_a_submit_that_stored_its_job_then_failed(keyed, stack, reference_model, model_dir):
     """Rows and job stored, chunks never published (Redis failed part way): the claim records the job and
     the body's digest; the retry with the same body publishes it, counted once."""
     X = np.random.default_rng(5).normal(size=(6, N_FEATURES))
     body = npy(X)
     job_id, r = "f" * 40, stack.client
     r.set(keys.job_input(job_id, 0), X.astype(np.float32).tobytes(), ex=600)
+    version = model_store.current_version(model_dir)  # the job runs the version it names
     r.hset(keys.job(job_id), mapping={"status": "queued", "n_rows": 6, "n_chunks": 1, "rows_done": 0,
                                       "chunks_done": 0, "submitted": time.time(), "work_ms": 0,
-                                      "model_version": "x", "key_id": "alice"})  # fmt: skip
+                                      "model_version": version, "key_id": "alice"})  # fmt: skip
     r.expire(keys.job(job_id), 600)
     digest = intake.new_digest("npy", None)
     digest.update(body)

@@ -25,7 +25,7 @@ import pytest
 import redis
 
 from api.errors import problem_type
-from inferpool import keys
+from inferpool import keys, model_store
 from inferpool.local_redis import LocalRedis, free_port, server_command
 from inferpool.settings import Settings
 from tests.support.jobs import wait_job
@@ -176,7 +176,7 @@ def test_idempotency_key_returns_the_same_job_per_api_key(secure):
     assert too_long.status_code == 422 and too_long.json()["field"] == "Idempotency-Key"
 
 
-def test_idempotent_retry_finishes_a_submit_that_failed_half_way(secure, reference_model):
+def test_idempotent_retry_finishes_a_submit_that_failed_half_way(secure, reference_model, model_dir):
     """A submit whose rows were stored but whose chunks were never published (Redis failed part way):
     the retry with the same key publishes them and the job completes, counted once."""
     from api.jobs import JobStore
@@ -186,9 +186,10 @@ def test_idempotent_retry_finishes_a_submit_that_failed_half_way(secure, referen
     client = secure.client
     pipe = client.pipeline()
     pipe.set(keys.job_input(job_id, 0), X.astype(np.float32).tobytes(), ex=600)
+    version = model_store.current_version(model_dir)  # the job runs the version it names
     pipe.hset(keys.job(job_id), mapping={"status": "queued", "n_rows": 6, "n_chunks": 1, "rows_done": 0,
                                          "chunks_done": 0, "submitted": time.time(), "work_ms": 0,
-                                         "model_version": "x", "key_id": "alice"})  # fmt: skip
+                                         "model_version": version, "key_id": "alice"})  # fmt: skip
     pipe.expire(keys.job(job_id), 600)
     pipe.set(keys.idempotency("alice", "half-way"), job_id, ex=600)
     pipe.execute()

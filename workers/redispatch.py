@@ -109,15 +109,16 @@ def find_messages(client: Any, task_ids: list[str], queues: tuple[str, ...] = ke
 
 def _job_pieces(client: Any, job_id: str, default_chunk_rows: int) -> dict[str, dict] | None:
     """Task id -> message spec of each chunk of the job not yet done; None when the job has ended or expired."""
-    status, n, n_chunks, work_ms, per_chunk = client.hmget(
-        keys.job(job_id), ["status", "n_rows", "n_chunks", "work_ms", "chunk_rows"]
+    status, n, n_chunks, work_ms, per_chunk, version = client.hmget(
+        keys.job(job_id), ["status", "n_rows", "n_chunks", "work_ms", "chunk_rows", "model_version"]
     )
     if None in (status, n, n_chunks, work_ms) or status.decode() in ("succeeded", "failed"):
         return None
     done = {int(c) for c in client.smembers(keys.job_done_chunks(job_id))}
     rows_per_chunk = int(per_chunk) if per_chunk else default_chunk_rows
+    mv = version.decode() if version else None
     return {
-        keys.chunk_task_id(job_id, k): chunk_spec(job_id, k, chunk_rows(int(n), rows_per_chunk, k), int(work_ms))
+        keys.chunk_task_id(job_id, k): chunk_spec(job_id, k, chunk_rows(int(n), rows_per_chunk, k), int(work_ms), mv)
         for k in range(int(n_chunks))
         if k not in done
     }

@@ -58,6 +58,8 @@ def check_spec(spec: Any) -> None:
         raise SpecRefused("queue", "is not one of inferpool's queues")
     _int(spec, "work_ms", 0, MAX_WORK_MS)
     _int(spec, "n", 0, MAX_ROWS)
+    if "mv" in spec:
+        _name(spec, "mv", _ID)  # a model version is a manifest's name: never a path
     if "job" in spec:
         _name(spec, "job", _ID)
         _int(spec, "chunk", 0, MAX_ROWS)

@@ -31,6 +31,7 @@ from workers.delivery import OneEventRequest, ServingRequest, is_transient
 from workers.runtime import Runtime, get_runtime
 from workers.serving import CannotServe
 from workers.specs import SpecRefused, check_spec
+from workers.versions import cache as versions
 
 logger = logging.getLogger(__name__)
 
@@ -189,11 +190,21 @@ def _scripts_of(rt: Any) -> _Scripts:
 
 
 def _predict(self: Any, spec: dict[str, Any]) -> None:
-    started = time.time()
     patience = time.monotonic() + soft_time_limit_s(get_settings()) - SOFT_LIMIT_MARGIN_S
-    enqueued = _enqueued_at(self.request) or started
     queue = spec.get("queue", "")
     rt = _runtime_or_requeue()
+    try:
+        # Before the clock starts: loading a version on demand is waiting, not the model's run time (which the
+        # rollout's p99 verdict compares).
+        rt = versions.runtime_for(rt, spec.get("mv"))
+    except Exception as exc:
+        # The routed version cannot be loaded (retired, tampered with): the caller is told; no other version answers.
+        metrics.TASKS_COMPLETED.labels(queue=queue, outcome="failure").inc()
+        logger.error("model version %s unavailable for task %s: %s", spec.get("mv"), self.request.id, exc)
+        _patiently(_report_failure, spec, rt, f"model version {spec.get('mv')} unavailable: {exc}", until=patience)
+        return
+    started = time.time()
+    enqueued = _enqueued_at(self.request) or started
     s = get_settings()
     job_id = spec.get("job")
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))

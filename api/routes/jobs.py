@@ -130,6 +130,7 @@ async def _accept(
         raise
     await st.quotas.charge(key_id, rows=0, work_ms=0)  # a key in debt is refused before its body is read
     m = st.manifest()
+    version, _ = await st.rollout.route(request.headers.get(s.rollout_key_header) or key_id, m.version)
     job_id = claim.job_id if claim is not None else JobStore.new_id()
     sink = RowSink(m.n_features, s.max_rows_per_job, s.job_chunk_rows)
     staged = 0
@@ -150,14 +151,14 @@ async def _accept(
             await st.jobs.discard(job_id, staged)
         raise
     try:
-        await st.jobs.commit(job_id, received.n_rows, received.n_chunks, work, m.version, key_id)
+        await st.jobs.commit(job_id, received.n_rows, received.n_chunks, work, version, key_id)
     finally:
         # Stored, even if not yet accepted (Redis failed part way): a retry with the key finishes it.
         if claim is not None:
             await st.claims.done(claim, received.digest)
     metrics.JOBS_ACCEPTED.labels(route="/v1/jobs").inc()
     try:
-        await audit.record(st.redis, job_id, key_id, m.version, received.n_rows, s.audit_ttl_s)
+        await audit.record(st.redis, job_id, key_id, version, received.n_rows, s.audit_ttl_s)
     except Exception as exc:
         # The job is accepted and will run: answering 503 now would have the client submit it twice.
         logger.error("audit record of job %s not written: %s", job_id, type(exc).__name__)

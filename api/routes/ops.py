@@ -74,8 +74,17 @@ async def readyz(request: Request) -> OrjsonResponse:
     dependencies=[Depends(api_key_header)],
 )
 async def models(request: Request, _: str = Depends(caller)) -> OrjsonResponse:
-    """The manifest of the served model (version, sha256, features, classes, training summary)."""
-    return OrjsonResponse(_state(request).manifest().to_json())
+    """The manifest of the served model (version, sha256, features, classes, training summary), and the
+    rollout: its plan, each version's share of answers and the last verdict (``rollout`` null without one)."""
+    st = _state(request)
+    plan = await st.rollout.plan()
+    body = st.manifest().to_json()
+    if plan is not None:
+        shares = {plan.stable: 1.0 - plan.share, plan.candidate: plan.share} if plan.stable != plan.candidate else {}
+        body["rollout"] = {**plan.to_json(), "shares": shares, "shadow_share": plan.shadow_share}
+    else:
+        body["rollout"] = None
+    return OrjsonResponse(body)
 
 
 @router.get(
@@ -146,6 +155,12 @@ async def post_feedback(
             )
         )  # fmt: skip
     await feedback.record_entries(st.redis, entries)
+    by_version: dict[str, tuple[int, int]] = {}  # the rollout's accuracy verdict: (labelled, correct) per version
+    for item, e in zip(body.labels, entries, strict=True):
+        version = views[item.job_id].model_version or ""
+        n, ok = by_version.get(version, (0, 0))
+        by_version[version] = (n + 1, ok + int(e.true_label == e.predicted_label))
+    await st.rollout.record_labels(by_version)
     return OrjsonResponse({"accepted": len(entries), "summary": await feedback.asummary(st.redis)})
 
 

@@ -15,7 +15,7 @@ from api.schemas import CompatRequest, CompatResponse, PredictRequest, PredictRe
 from api.security import api_key_header, caller
 from api.state import ApiState
 from inferpool import keys, metrics
-from inferpool.errors import InputError, Overloaded, ResultTimeout
+from inferpool.errors import InputError, Overloaded, PredictionFailed, ResultTimeout
 from inferpool.model_store import Manifest
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(api_key_header)])
@@ -35,20 +35,28 @@ def _check(X: np.ndarray, m: Manifest, max_rows: int, field: str) -> None:
 
 
 async def predict_rows(
-    st: ApiState, X: np.ndarray, work_ms: int, route: str, key_id: str
+    st: ApiState, X: np.ndarray, work_ms: int, route: str, key_id: str, routing_key: str | None = None
 ) -> tuple[np.ndarray, str, str]:
     """Validate, admit, send and wait for the answer (and for the request's simulated work, if any).
 
-    Returns the caller's unsigned slice id (``task.offset.count``); a timeout carries it signed, to poll.
+    The model version comes from the rollout plan (``api.rollout``), by ``routing_key`` (a request header)
+    or else the caller's key id. Returns the caller's unsigned slice id (``task.offset.count``); a timeout
+    carries it signed, to poll.
     """
     await st.quotas.charge_predict(key_id, X.shape[0], work_ms)  # per-key quota (api/quota.py)
+    version, shadow = await st.rollout.route(routing_key or key_id, st.manifest().version)
     try:
-        return await _predict_rows(st, X, work_ms, route)
+        out = await _predict_rows(st, X, work_ms, route, version)
     except ResultTimeout as exc:
         raise ResultTimeout(await st.jobs.slice_id(exc.job_id, key_id), exc.timeout_s) from None
+    if shadow and not work_ms and X.shape[0] <= st.settings.batch_max_rows:
+        st.rollout.shadow(st.batcher, X, shadow, out[0], st.settings.predict_timeout_s)
+    return out
 
 
-async def _predict_rows(st: ApiState, X: np.ndarray, work_ms: int, route: str) -> tuple[np.ndarray, str, str]:
+async def _predict_rows(
+    st: ApiState, X: np.ndarray, work_ms: int, route: str, version: str
+) -> tuple[np.ndarray, str, str]:
     s = st.settings
     if work_ms > s.max_work_ms:
         raise InputError("work_ms", f"at most {s.max_work_ms} ms")
@@ -64,21 +72,26 @@ async def _predict_rows(st: ApiState, X: np.ndarray, work_ms: int, route: str) -
         raise exc
     metrics.JOBS_ACCEPTED.labels(route=route).inc()
     if work_ms or X.shape[0] > s.batch_max_rows:
-        return await _own_task(st, X, work_ms, queue)
-    return await _batched(st, st.batcher.submit(X))
+        return await _own_task(st, X, work_ms, queue, version)
+    return await _batched(st, st.batcher.submit(X, version))
 
 
-async def _own_task(st: ApiState, X: np.ndarray, work_ms: int, queue: str) -> tuple[np.ndarray, str, str]:
-    task_id, fut = await st.dispatcher.publish_rows(X, work_ms, queue, reqs=1)
+async def _own_task(st: ApiState, X: np.ndarray, work_ms: int, queue: str, version: str) -> tuple[np.ndarray, str, str]:
+    task_id, fut = await st.dispatcher.publish_rows(X, work_ms, queue, reqs=1, model_version=version)
     # Its simulated work counts against the timeout too: a caller waits for the whole answer.
     try:
         async with asyncio.timeout(st.settings.predict_timeout_s):
             reply = await fut
     except TimeoutError:
         st.dispatcher.forget(task_id)
+        st.rollout.observe(version, 1, None, True)
         raise ResultTimeout(f"{task_id}.0.{X.shape[0]}", st.settings.predict_timeout_s) from None
+    failed = reply.predictions is None or reply.model_version != version
+    st.rollout.observe(version, 1, reply, failed, timed=not work_ms)
     if reply.predictions is None:
-        raise RuntimeError(reply.error or "prediction failed")
+        raise PredictionFailed(f"model version {version}: {reply.error or 'failed'}")
+    if reply.model_version != version:
+        raise PredictionFailed(f"answered by model version {reply.model_version}, routed to {version}")
     return reply.predictions, f"{task_id}.0.{X.shape[0]}", reply.model_version
 
 
@@ -107,7 +120,8 @@ async def predict(
     X = np.asarray(body.instances, dtype=np.float64)
     _check(X, m, st.settings.max_rows_per_request, "instances")
     check_values(X, "instances")
-    preds, raw_id, version = await predict_rows(st, X, body.work_ms, "/v1/predict", key_id)
+    routing_key = request.headers.get(st.settings.rollout_key_header)
+    preds, raw_id, version = await predict_rows(st, X, body.work_ms, "/v1/predict", key_id, routing_key)
     job_id = await st.jobs.slice_id(raw_id, key_id)  # only this route hands out the id: only it signs
     return OrjsonResponse({"predictions": preds.tolist(), "job_id": job_id, "model_version": version})
 
@@ -121,5 +135,6 @@ async def predict_compat(
     X = np.asarray([body.X], dtype=np.float64)
     _check(X, st.manifest(), 1, "X")
     check_values(X, "X", flat=True)
-    preds, _, _ = await predict_rows(st, X, body.work, "/predict", key_id)
+    routing_key = request.headers.get(st.settings.rollout_key_header)
+    preds, _, _ = await predict_rows(st, X, body.work, "/predict", key_id, routing_key)
     return OrjsonResponse({"prediction": int(preds[0])})
