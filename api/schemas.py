@@ -314,3 +314,43 @@ class AuditRecord(BaseModel):
 
 class AuditLog(BaseModel):
     records: list[AuditRecord] = Field(description="Newest first.")
+
+
+class RolloutPlan(BaseModel):
+    """A model rollout: the candidate's schedule, where it stands and its last verdict."""
+
+    id: str
+    mode: Literal["canary", "shadow"]
+    stable: str = Field(description="The version that answers outside the candidate's share.")
+    candidate: str
+    steps: list[float] = Field(description="canary: the candidate's share per step (%); shadow: the sampled %.")
+    step_s: float = Field(description="Minimum seconds per step.")
+    min_requests: int = Field(description="Minimum candidate requests per step.")
+    started_at: float = Field(description="Epoch seconds.")
+    started_by: str
+    step: int = Field(description="Index into steps.")
+    step_started: float = Field(description="Epoch seconds.")
+    state: Literal["running", "paused", "promoted", "rolled_back", "aborted"]
+    rev: int = Field(description="Bumped by every change.")
+    last_verdict: dict[str, Any] | None = Field(None, description="action, reason, at and the figures judged.")
+
+
+class RolloutChange(BaseModel):
+    """One audited change of a rollout: who, when, why, and the candidate's share before and after."""
+
+    at: float = Field(description="Epoch seconds.")
+    by: str = Field(description="The admin key's id, or verdict for an automatic decision.")
+    action: str
+    why: str
+    plan: str
+    mode: Literal["canary", "shadow"]
+    stable: str
+    candidate: str
+    state: Literal["running", "paused", "promoted", "rolled_back", "aborted"]
+    step: int
+    share_before: float
+    share_after: float
+
+
+class RolloutAudit(BaseModel):
+    records: list[RolloutChange] = Field(description="Newest first.")

@@ -8,8 +8,10 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.inputs import require_json
+from api.openapi import problems
 from api.responses import OrjsonResponse
 from api.rollout import Rollout
+from api.schemas import Problem, RolloutAudit, RolloutPlan
 from api.security import admin, api_key_header
 from inferpool import rollout_store
 from inferpool.rollout import Mode
@@ -38,7 +40,16 @@ def _rollout(request: Request) -> Rollout:
     return request.app.state.api.rollout
 
 
-@router.post("/v1/admin/rollout")
+# 409: the command does not fit the rollout's state (none running, another not ended, an unknown version).
+_CONFLICT = {409: {"model": Problem, "description": "The rollout's state or the versions named refuse it."}}
+
+
+@router.post(
+    "/v1/admin/rollout",
+    status_code=201,
+    response_model=RolloutPlan,
+    responses={**problems(400, 401, 415, 422), **_CONFLICT},
+)
 async def start(
     body: StartRollout, request: Request, who: str = Depends(admin), __: None = Depends(require_json)
 ) -> OrjsonResponse:
@@ -50,7 +61,9 @@ async def start(
     return OrjsonResponse(plan.to_json(), status_code=201)
 
 
-@router.post("/v1/admin/rollout/{action}")
+@router.post(
+    "/v1/admin/rollout/{action}", response_model=RolloutPlan, responses={**problems(400, 401, 415, 422), **_CONFLICT}
+)
 async def command(
     action: Literal["advance", "pause", "resume", "abort"], body: Command, request: Request,
     who: str = Depends(admin), __: None = Depends(require_json),
@@ -60,7 +73,7 @@ async def command(
     return OrjsonResponse(plan.to_json())
 
 
-@router.get("/v1/admin/rollout/audit")
+@router.get("/v1/admin/rollout/audit", response_model=RolloutAudit, responses=problems(401, 422))
 async def audit(request: Request, limit: int = Query(100, ge=1, le=1000), _: str = Depends(admin)) -> OrjsonResponse:
     """Every change of a rollout's share, newest first: who, when, why."""
     return OrjsonResponse({"records": await rollout_store.audit_log(request.app.state.api.redis, limit)})
