@@ -55,7 +55,7 @@ up: install
 	$(BIN)/inferpool up
 
 demo: install
-	$(PY) -m inferpool.demo
+	$(PY) -m cli.demo
 
 test: install tools
 	$(PY) -m pytest

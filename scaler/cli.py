@@ -83,7 +83,7 @@ def start_metrics(s: Settings, client: Any, own: Any) -> Any:
 def build(s: Settings) -> Any:
     from inferpool.redis_client import sync_client
     from scaler.daemon import Scaler, policy_config
-    from scaler.signal import SignalReader
+    from scaler.load_signal import SignalReader
 
     client = sync_client(s.redis_url)
     reader = SignalReader(client, s.scaler_queue, s.scaler_worker_prefix)

@@ -15,7 +15,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from scaler.signal import Signal
+from scaler.load_signal import Signal
 
 logger = logging.getLogger(__name__)
 

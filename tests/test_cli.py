@@ -11,8 +11,9 @@ import sys
 
 import pytest
 
-from inferpool import cli, client_auth, extras, status_view
-from inferpool.loadtest import SpecError, add_loadtest_arguments, config_from_args
+from cli import main as cli
+from cli import status_view
+from loadtest import SpecError, add_loadtest_arguments, client_auth, config_from_args, extras
 
 COMMANDS = {"train", "register", "api", "worker", "flower", "up", "health", "loadtest", "plot", "scaler", "status",
             "exporter"}  # fmt: skip
@@ -26,7 +27,7 @@ def test_version_from_package_metadata(capsys):
 
 
 def test_help_lists_every_command():
-    out = subprocess.run([sys.executable, "-m", "inferpool.cli", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "cli.main", "--help"], capture_output=True, text=True, check=True)
     listed = set(re.search(r"\{([a-z,]+)\}", out.stdout).group(1).split(","))
     assert listed == COMMANDS
 

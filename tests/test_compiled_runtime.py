@@ -22,7 +22,8 @@ from sklearn.neighbors import NearestCentroid
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from inferpool import cli, model_store
+from cli import main as cli
+from inferpool import model_store
 from inferpool.compiled import CHECK_RANDOM_ROWS, OnnxModel
 from inferpool.errors import ModelError, ModelIntegrityError
 from tests.support.jobs import wait_job
@@ -205,7 +206,7 @@ def test_compiled_model_served_through_real_workers(stack_factory, model_dir, re
             lambda u=url, r=runtime: value(scrape(u), "inferpool_model_info", **labels, runtime=r) == 1, 15, what
         )
     assert value(scrape(f"{st.url}/metrics"), "inferpool_model_info", runtime="onnx") == 1
-    cmd = [sys.executable, "-m", "inferpool.cli", "status", "--url", st.url, "--frames", "1"]
+    cmd = [sys.executable, "-m", "cli.main", "status", "--url", st.url, "--frames", "1"]
     out = subprocess.run(cmd, env=st.env, capture_output=True, text=True, timeout=60)
     assert f"model {m['version']} (RandomForestClassifier, runtime onnx)" in out.stdout, out.stderr
 

@@ -34,7 +34,7 @@ from packaging.requirements import Requirement
 
 from inferpool import keys, publish, queues, versions
 from inferpool.settings import Settings
-from scaler.signal import SignalReader
+from scaler.load_signal import SignalReader
 from workers import app as workers_app
 from workers import control as workers_control
 from workers import redispatch

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from inferpool.processes import PROCESSES
+from cli.processes import PROCESSES
 from inferpool.settings import Settings
 from workers.worker import worker_argv
 
@@ -99,7 +99,7 @@ def test_compose_scaler_uses_an_actuator_the_image_can_run():
 
 def test_dockerfile_installs_every_package_it_runs():
     text = (ROOT / "Dockerfile").read_text()
-    for pkg in ("inferpool", "api", "workers", "scaler"):
+    for pkg in ("inferpool", "api", "workers", "scaler", "cli", "loadtest"):
         assert f"COPY {pkg} ./{pkg}" in text
     assert "USER inferpool" in text  # not root
     # The locked server set, hashes checked, then inferpool without resolving again.

@@ -244,7 +244,7 @@ def test_a_job_queued_longer_than_the_result_ttl_keeps_its_rows(stack_factory, r
 def test_inferpool_up_generates_a_key_that_its_clients_send(tmp_path, model_dir):
     """`inferpool up` with no key configured makes one, prints it in the curl line, and hands it to the
     command it runs (the load test of `make demo`) as INFERPOOL_API_KEY; without it, data routes say 401."""
-    from inferpool.local_redis import free_port
+    from cli.local_redis import free_port
 
     check = (
         "import os, httpx; url, key = os.environ['INFERPOOL_API_URL'], os.environ['INFERPOOL_API_KEY'];"
@@ -257,7 +257,7 @@ def test_inferpool_up_generates_a_key_that_its_clients_send(tmp_path, model_dir)
         INFERPOOL_MODEL_DIR=str(model_dir), INFERPOOL_API_PORT=str(free_port()), INFERPOOL_LOG_LEVEL="WARNING",
         INFERPOOL_WORKER_METRICS_PORT=str(free_port()), INFERPOOL_ONLINE_CONCURRENCY="1",
     )  # fmt: skip
-    argv = [sys.executable, "-m", "inferpool.cli", "up", "--var-dir", str(tmp_path / "var"), "--no-flower",
+    argv = [sys.executable, "-m", "cli.main", "up", "--var-dir", str(tmp_path / "var"), "--no-flower",
             "--no-scaler", "--run", sys.executable, "-c", check]  # fmt: skip
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=150)
     assert done.returncode == 0 and "CHECKED" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]

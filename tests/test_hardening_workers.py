@@ -24,8 +24,8 @@ import redis
 from celery import Celery
 from celery.app.control import Control
 
+from cli.local_redis import LocalRedis, free_port
 from inferpool import codec, keys, redis_fit
-from inferpool.local_redis import LocalRedis, free_port
 from inferpool.publish import task_message
 from tests.conftest import START_TIMEOUT_S, Proc, Stack, base_env
 from tests.support.jobs import wait_job

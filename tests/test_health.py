@@ -8,7 +8,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from inferpool import cli, health, keys
+from cli import health
+from cli import main as cli
+from inferpool import keys
 from inferpool.settings import get_settings
 
 HEALTH_DB = 10

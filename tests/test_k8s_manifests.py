@@ -19,7 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from inferpool.processes import by_name
+from cli.processes import by_name
 from inferpool.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from conftest import Stack
 
-from inferpool.loadtest import LoadtestConfig, plot, run_loadtest
-from inferpool.loadtest.config import Route
-from inferpool.loadtest.mix import parse_mix
-from inferpool.loadtest.profile import Arrivals, parse_profile
-from inferpool.loadtest.report import CHARTS, OVERVIEW_PNG
+from loadtest import LoadtestConfig, plot, run_loadtest
+from loadtest.config import Route
+from loadtest.mix import parse_mix
+from loadtest.profile import Arrivals, parse_profile
+from loadtest.report import CHARTS, OVERVIEW_PNG
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 API_SECRET = "loadtest-secret"

@@ -22,13 +22,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from inferpool.loadtest import LoadtestConfig, run_loadtest
-from inferpool.loadtest.config import Route
-from inferpool.loadtest.http import HttpClient, ProtocolError, Response
-from inferpool.loadtest.mix import parse_mix
-from inferpool.loadtest.profile import Arrivals
-from inferpool.loadtest.records import BAD_RESPONSE, ERROR, TIMEOUT
-from inferpool.loadtest.routes import Payloads, RouteSender
+from loadtest import LoadtestConfig, run_loadtest
+from loadtest.config import Route
+from loadtest.http import HttpClient, ProtocolError, Response
+from loadtest.mix import parse_mix
+from loadtest.profile import Arrivals
+from loadtest.records import BAD_RESPONSE, ERROR, TIMEOUT
+from loadtest.routes import Payloads, RouteSender
 
 
 @dataclass

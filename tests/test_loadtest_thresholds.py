@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from inferpool import cli
-from inferpool.loadtest import SpecError
-from inferpool.loadtest import records as rec
-from inferpool.loadtest.thresholds import THRESHOLDS_MISSED_EXIT, Threshold, evaluate, parse_thresholds
+from cli import main as cli
+from loadtest import SpecError
+from loadtest import records as rec
+from loadtest.thresholds import THRESHOLDS_MISSED_EXIT, Threshold, evaluate, parse_thresholds
 
 SUMMARY = {
     "offered": 1000,
@@ -75,7 +75,7 @@ def test_cli_exit_code_follows_the_thresholds(fail_on, passed, code, tmp_path, m
         rec.write_json(out / rec.SUMMARY_JSON, SUMMARY)
         return out
 
-    monkeypatch.setattr("inferpool.loadtest.run_loadtest", fake_run)
+    monkeypatch.setattr("loadtest.run_loadtest", fake_run)
     out = tmp_path / "run"
     argv = ["loadtest", "--url", "http://127.0.0.1:1", "--out", str(out), "--fail-on", fail_on]
     assert cli.main(argv) == code

@@ -13,16 +13,16 @@ import numpy as np
 import orjson
 import pytest
 
-from inferpool.loadtest import SpecError, add_loadtest_arguments, config_from_args
-from inferpool.loadtest import records as rec
-from inferpool.loadtest.config import Features, Route
-from inferpool.loadtest.http import Response
-from inferpool.loadtest.mix import parse_mix
-from inferpool.loadtest.profile import Arrivals, ProfileKind, build_profile, parse_profile
-from inferpool.loadtest.records import RequestRecord, summarize_phases
-from inferpool.loadtest.routes import N_FEATURES, Payloads
-from inferpool.loadtest.runner import phase_names
-from inferpool.loadtest.sampler import StatusSampler, parse_status
+from loadtest import SpecError, add_loadtest_arguments, config_from_args
+from loadtest import records as rec
+from loadtest.config import Features, Route
+from loadtest.http import Response
+from loadtest.mix import parse_mix
+from loadtest.profile import Arrivals, ProfileKind, build_profile, parse_profile
+from loadtest.records import RequestRecord, summarize_phases
+from loadtest.routes import N_FEATURES, Payloads
+from loadtest.runner import phase_names
+from loadtest.sampler import StatusSampler, parse_status
 
 
 def per_second_counts(times: np.ndarray, duration_s: float) -> np.ndarray:
@@ -166,7 +166,7 @@ def test_bad_mix_flag_is_an_argparse_error_naming_the_rule(capsys: pytest.Captur
 
 
 def test_flags_defaults_and_config(monkeypatch) -> None:
-    monkeypatch.setenv("INFERPOOL_API_KEY", "s3cret")  # never on argv (inferpool.client_auth)
+    monkeypatch.setenv("INFERPOOL_API_KEY", "s3cret")  # never on argv (loadtest.client_auth)
     parser = argparse.ArgumentParser()
     add_loadtest_arguments(parser)
     config = config_from_args(parser.parse_args(["--url", "http://127.0.0.1:8000/"]))

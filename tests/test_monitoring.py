@@ -153,7 +153,7 @@ def test_exporter_reports_redis_down_instead_of_failing(tmp_path):
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    from inferpool.local_redis import free_port
+    from cli.local_redis import free_port
 
     # No retries: a production client retries for ~4.6 s first, still inside a 10 s scrape timeout.
     client = redis.Redis(port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))

@@ -13,9 +13,9 @@ import pytest
 import yaml
 from test_monitoring_support import ROOT, names_in, scrape_text, worker_metrics_url
 
+from cli.status_view import quantile_from_buckets
 from inferpool.exporter import ClusterCollector, serve
 from inferpool.settings import Settings
-from inferpool.status_view import quantile_from_buckets
 
 PROM = ROOT / "deploy" / "prometheus"
 DASHBOARD = ROOT / "deploy" / "grafana" / "inferpool-dashboard.json"
@@ -115,7 +115,7 @@ def test_quantile_from_buckets():
 
 def test_status_view_draws_the_real_system(stack, api):
     api.post("/v1/predict", json={"instances": [[0.1] * 20]})
-    cmd = [sys.executable, "-m", "inferpool.cli", "status", "--frames", "2", "--interval", "0.5"]
+    cmd = [sys.executable, "-m", "cli.main", "status", "--frames", "2", "--interval", "0.5"]
     r = subprocess.run(cmd, env=stack.env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     out = r.stdout

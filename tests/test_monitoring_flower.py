@@ -15,8 +15,8 @@ import orjson
 import pytest
 from celery import Celery
 
+from cli.local_redis import free_port
 from inferpool import codec, keys
-from inferpool.local_redis import free_port
 from tests.support.waiting import wait_until
 from workers.app import celery_config
 
@@ -31,7 +31,7 @@ def flower(stack) -> Iterator[str]:
     env = {**stack.env, "INFERPOOL_FLOWER_USER": USER, "INFERPOOL_FLOWER_PASSWORD": PASSWORD}
     env.update(INFERPOOL_LOG_JSON="true", INFERPOOL_LOG_LEVEL="INFO")
     log = (stack.tmp / "flower.log").open("wb")
-    cmd = [sys.executable, "-m", "inferpool.cli", "flower", "--port", str(port), "--address", "127.0.0.1"]
+    cmd = [sys.executable, "-m", "cli.main", "flower", "--port", str(port), "--address", "127.0.0.1"]
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
 
@@ -54,7 +54,7 @@ def flower(stack) -> Iterator[str]:
 
 def test_flower_refuses_to_start_without_credentials(stack):
     env = {k: v for k, v in stack.env.items() if not k.startswith("INFERPOOL_FLOWER_")}
-    cmd = [sys.executable, "-m", "inferpool.cli", "flower", "--port", str(free_port())]
+    cmd = [sys.executable, "-m", "cli.main", "flower", "--port", str(free_port())]
     r = subprocess.run(cmd, env=env, capture_output=True, timeout=60)
     assert r.returncode != 0
     assert b"INFERPOOL_FLOWER_PASSWORD" in r.stderr

@@ -19,11 +19,11 @@ import orjson
 import redis
 from conftest import base_env
 
+from cli.local_redis import free_port
 from inferpool import keys
-from inferpool.local_redis import free_port
 from inferpool.settings import get_settings
 from scaler.actuators import PoolActuator, ProcessActuator, launch_worker
-from scaler.signal import SignalReader, WorkerView
+from scaler.load_signal import SignalReader, WorkerView
 from tests.support.waiting import wait_until
 from workers.app import make_app
 
@@ -222,7 +222,7 @@ def test_scaler_command_once_in_dry_run(fresh_redis, tmp_path, model_dir) -> Non
     client.hset(keys.worker(BASE), mapping={"processes": 1, "busy": 0, "queues": keys.QUEUE_WORK, "updated": 0})
     env = base_env(fresh_redis.url, model_dir, tmp_path, INFERPOOL_SCALER_METRICS_PORT=str(free_port()))
     env["INFERPOOL_LOG_LEVEL"] = "INFO"
-    argv = [sys.executable, "-m", "inferpool.cli", "scaler", "--once", "--dry-run", "--min", "2", "--max", "3"]
+    argv = [sys.executable, "-m", "cli.main", "scaler", "--once", "--dry-run", "--min", "2", "--max", "3"]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "dry run" in done.stderr and "up 1 -> 2: at_min" in done.stderr

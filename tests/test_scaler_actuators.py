@@ -21,8 +21,8 @@ from scaler.actuators import (
     ProcessActuator,
     reply_status,
 )
+from scaler.load_signal import WorkerView
 from scaler.replicas import REPLICA_SETTLE_S, ComposeActuator, ExternalActuator
-from scaler.signal import WorkerView
 
 BUSY = 'ValueError("Can\'t shrink pool. All processes busy!")'
 

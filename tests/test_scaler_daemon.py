@@ -23,8 +23,8 @@ from inferpool.settings import get_settings
 from scaler.actuators import Outcome
 from scaler.cli import settings_from_args
 from scaler.daemon import Scaler, policy_config
+from scaler.load_signal import Signal, SignalReader, WorkerView
 from scaler.policy import Direction, Observation, PolicyConfig, PolicyState, Reason
-from scaler.signal import Signal, SignalReader, WorkerView
 from scaler.tutorial import decide_tutorial
 
 CFG = PolicyConfig(min_procs=1, max_procs=8, window_s=30.0, cooldown_s=3.0)

@@ -14,9 +14,9 @@ import yaml
 from conftest import base_env
 from prometheus_client import CollectorRegistry, generate_latest
 
+from cli.local_redis import free_port
 from inferpool import keys
 from inferpool.exporter import start_cluster_exporter
-from inferpool.local_redis import free_port
 from inferpool.settings import Settings, get_settings
 from scaler.cli import add_scaler_command, settings_from_args
 from scaler.metrics import ScalerMetrics
@@ -108,7 +108,7 @@ def test_keda_endpoint_serves_the_scalers_decision(redis_server, model_dir, tmp_
         client.zadd(keys.WORKERS, {"work@pod-1": time.time()})
         client.hset(keys.worker("work@pod-1"), mapping={"processes": 2, "busy": 0, "queues": keys.QUEUE_WORK})
         env = base_env(url, model_dir, tmp_path, INFERPOOL_SCALER_METRICS_PORT=str(free_port()))
-        argv = [sys.executable, "-m", "inferpool.cli", "scaler", "--once", "--dry-run", "--min", "4", "--max", "16"]
+        argv = [sys.executable, "-m", "cli.main", "scaler", "--once", "--dry-run", "--min", "4", "--max", "16"]
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         r = httpx.get(f"{server.url}/keda", timeout=5)

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from inferpool import keys
-from scaler.signal import ArrivalRate, SignalReader, TaskSamples
+from scaler.load_signal import ArrivalRate, SignalReader, TaskSamples
 
 QUEUE = "inferpool.work"
 

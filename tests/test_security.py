@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 import redis
 
+from cli.local_redis import LocalRedis, free_port, server_command
 from inferpool import keys
-from inferpool.local_redis import LocalRedis, free_port, server_command
 from inferpool.settings import Settings
 from tests.support.jobs import wait_job
 
@@ -293,7 +293,7 @@ def test_flower_always_behind_basic_auth(secure, monkeypatch):
     port = free_port()
     log = secure.tmp / "flower.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "inferpool.cli", "flower", "--port", str(port), "--address", "127.0.0.1"],
+        [sys.executable, "-m", "cli.main", "flower", "--port", str(port), "--address", "127.0.0.1"],
         env=secure.env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inferpool.loadtest.errors import SpecError
-from inferpool.loadtest.records import SUMMARY_JSON, write_json
+from loadtest.errors import SpecError
+from loadtest.records import SUMMARY_JSON, write_json
 
 THRESHOLDS_MISSED_EXIT = 99
 LATENCIES = ("p50", "p95", "p99")

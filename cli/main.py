@@ -9,7 +9,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from inferpool.extras import MissingExtra
+from loadtest.extras import MissingExtra
 
 if TYPE_CHECKING:
     from inferpool.model_store import Manifest
@@ -109,7 +109,7 @@ def cmd_flower(ns: argparse.Namespace) -> int:
 
 
 def cmd_up(ns: argparse.Namespace) -> int:
-    from inferpool.up import up
+    from cli.up import up
 
     return up(ns)
 
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--run", nargs=argparse.REMAINDER, help="run this command once the system is up, then stop")
     u.set_defaults(fn=cmd_up)
 
-    from inferpool.health import add_health_command  # light: the key layout only
+    from cli.health import add_health_command  # light: the key layout only
 
     add_health_command(sub)
 
@@ -185,8 +185,8 @@ def _version() -> str:
 
 
 def _loadtest(ns: argparse.Namespace) -> int:
-    from inferpool.loadtest import SpecError, config_from_args, run_loadtest
-    from inferpool.loadtest.thresholds import THRESHOLDS_MISSED_EXIT, check_run
+    from loadtest import SpecError, config_from_args, run_loadtest
+    from loadtest.thresholds import THRESHOLDS_MISSED_EXIT, check_run
 
     try:
         config = config_from_args(ns)
@@ -207,7 +207,7 @@ def _loadtest(ns: argparse.Namespace) -> int:
 
 
 def _plot(ns: argparse.Namespace) -> int:
-    from inferpool.loadtest import plot
+    from loadtest import plot
 
     print(plot(Path(ns.results_dir)))
     return 0
@@ -217,10 +217,10 @@ def _optional_commands(sub, wanted: str | None) -> None:
     """Commands whose modules register their own flags: ``wanted`` alone, or all of them (None).
 
     An import that fails is an error, never a command missing from the list; a module that only an
-    extra installs is named with its extra (inferpool.extras) when the command runs.
+    extra installs is named with its extra (loadtest.extras) when the command runs.
     """
     if wanted in (None, "loadtest", "plot"):
-        from inferpool.loadtest import add_loadtest_arguments, add_plot_arguments
+        from loadtest import add_loadtest_arguments, add_plot_arguments
 
         lt = sub.add_parser("loadtest", help="replay a workload against the API and record everything")
         add_loadtest_arguments(lt)
@@ -233,7 +233,7 @@ def _optional_commands(sub, wanted: str | None) -> None:
 
         add_scaler_command(sub)
     if wanted in (None, "status"):
-        from inferpool.status_view import add_status_command
+        from cli.status_view import add_status_command
 
         add_status_command(sub)
     if wanted in (None, "exporter"):

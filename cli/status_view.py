@@ -24,9 +24,9 @@ import httpx
 import redis
 
 from inferpool import drift, keys, model_store, status
-from inferpool.client_auth import ApiKeyError, add_api_key_arguments, api_key_from
 from inferpool.compiled import served_runtime
 from inferpool.settings import Settings, get_settings
+from loadtest.client_auth import ApiKeyError, add_api_key_arguments, api_key_from
 
 WINDOW_S = 10.0
 DRIFT_EVERY_S = 5.0

@@ -10,16 +10,16 @@ client, also the benchmarks'), ``runner`` (the generator),
 
 from pathlib import Path
 
-from inferpool.extras import needs_extra
-from inferpool.loadtest.config import LoadtestConfig, add_loadtest_arguments, add_plot_arguments, config_from_args
-from inferpool.loadtest.errors import SpecError
-from inferpool.loadtest.runner import run_loadtest
+from loadtest.config import LoadtestConfig, add_loadtest_arguments, add_plot_arguments, config_from_args
+from loadtest.errors import SpecError
+from loadtest.extras import needs_extra
+from loadtest.runner import run_loadtest
 
 
 def plot(results_dir: Path) -> Path:
     """Draw the charts and report.html for a results directory; returns the report's path."""
     with needs_extra("drawing charts"):
-        from inferpool.loadtest.report import plot as draw  # matplotlib loads only when charts are drawn
+        from loadtest.report import plot as draw  # matplotlib loads only when charts are drawn
 
     return draw(results_dir)
 

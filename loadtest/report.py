@@ -20,7 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from inferpool.loadtest import records as rec
+from loadtest import records as rec
 
 REPORT_HTML = "report.html"
 OVERVIEW_PNG = "overview.png"

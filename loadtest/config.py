@@ -15,12 +15,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from inferpool.client_auth import ApiKeyError, add_api_key_arguments, api_key_from
-from inferpool.extras import require
-from inferpool.loadtest.errors import SpecError
-from inferpool.loadtest.mix import DEFAULT_MIX, Mix, parse_mix
-from inferpool.loadtest.profile import Arrivals, Profile, ProfileKind, ProfileSpec, build_profile, parse_profile
-from inferpool.loadtest.thresholds import Threshold, parse_thresholds
+from loadtest.client_auth import ApiKeyError, add_api_key_arguments, api_key_from
+from loadtest.errors import SpecError
+from loadtest.extras import require
+from loadtest.mix import DEFAULT_MIX, Mix, parse_mix
+from loadtest.profile import Arrivals, Profile, ProfileKind, ProfileSpec, build_profile, parse_profile
+from loadtest.thresholds import Threshold, parse_thresholds
 
 DEFAULT_RATE_RPS = 30.0
 DEFAULT_MAX_IN_FLIGHT = 512

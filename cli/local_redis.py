@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-from inferpool.extras import needs_extra
+from loadtest.extras import needs_extra
 
 START_TIMEOUT_S = 10.0
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inferpool.loadtest.errors import SpecError
+from loadtest.errors import SpecError
 
 STEP_FACTOR = 3.0
 SPIKE_FACTOR = 5.0

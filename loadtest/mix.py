@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from inferpool.loadtest.errors import SpecError
+from loadtest.errors import SpecError
 
 DEFAULT_MIX = "0:0.6,50:0.25,200:0.15"
 # Probabilities are typed by hand: accept rounding like 0.33+0.33+0.33, refuse real mistakes.

@@ -34,13 +34,13 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from inferpool.loadtest import records as rec
-from inferpool.loadtest.config import LoadtestConfig
-from inferpool.loadtest.http import HttpClient
-from inferpool.loadtest.profile import Profile
-from inferpool.loadtest.records import RequestRecord
-from inferpool.loadtest.routes import Payloads, RouteSender
-from inferpool.loadtest.sampler import StatusSampler
+from loadtest import records as rec
+from loadtest.config import LoadtestConfig
+from loadtest.http import HttpClient
+from loadtest.profile import Profile
+from loadtest.records import RequestRecord
+from loadtest.routes import Payloads, RouteSender
+from loadtest.sampler import StatusSampler
 
 logger = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ def run_loadtest(config: LoadtestConfig) -> Path:
             summary["send_lag_s"]["p99"] * 1000,
         )
     if config.plot:
-        from inferpool.loadtest.report import plot
+        from loadtest.report import plot
 
         plot(out)
     return out

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import httpx
 
+from cli.local_redis import LocalRedis
+from cli.processes import PROCESSES, ProcessSpec
 from inferpool import model_store
-from inferpool.client_auth import API_KEY_ENV
-from inferpool.local_redis import LocalRedis
-from inferpool.processes import PROCESSES, ProcessSpec
 from inferpool.settings import Settings, get_settings, parse_keys
+from loadtest.client_auth import API_KEY_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class Supervisor:
 
     def start(self, spec: ProcessSpec) -> None:
         log = (self.log_dir / f"{spec.name}.log").open("ab")
-        argv = [sys.executable, "-m", "inferpool.cli", *spec.argv[1:]]
+        argv = [sys.executable, "-m", "cli.main", *spec.argv[1:]]
         self.procs[spec.name] = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         self.specs[spec.name] = spec
 

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from inferpool.cli import main as cli_main
+from cli.main import main as cli_main
 from inferpool.settings import get_settings
 
 
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://{s.api_host}:{s.api_port}"
     out = Path(ns.out).resolve()
     loadtest = [
-        sys.executable, "-m", "inferpool.cli", "loadtest", "--url", url, "--rate", str(ns.rate),
+        sys.executable, "-m", "cli.main", "loadtest", "--url", url, "--rate", str(ns.rate),
         "--duration", str(ns.duration), "--profile", "step", "--out", str(out), "--plot",
     ]  # fmt: skip
     code = cli_main(["up", "--run", *loadtest])
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     if not summary_path.exists():
         print(f"the load test wrote no results (exit code {code})", file=sys.stderr)
         return code or 1
-    from inferpool.loadtest.report import summary_rows
+    from loadtest.report import summary_rows
 
     rows = summary_rows(json.loads(summary_path.read_text()))
     width = max(len(k) for k, _ in rows)

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from inferpool.loadtest.http import TRANSPORT_ERRORS, HttpClient, Response
-from inferpool.loadtest.records import Decision, SystemSample
+from loadtest.http import TRANSPORT_ERRORS, HttpClient, Response
+from loadtest.records import Decision, SystemSample
 
 logger = logging.getLogger(__name__)
 

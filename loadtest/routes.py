@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 import numpy as np
 import orjson
 
-from inferpool.loadtest.config import Features, Route
-from inferpool.loadtest.http import JSON, TRANSPORT_ERRORS, HttpClient
-from inferpool.loadtest.records import BAD_RESPONSE, ERROR, JOB_FAILED, TIMEOUT
+from loadtest.config import Features, Route
+from loadtest.http import JSON, TRANSPORT_ERRORS, HttpClient
+from loadtest.records import BAD_RESPONSE, ERROR, JOB_FAILED, TIMEOUT
 
 N_FEATURES = 20
 FIXED_ROW = np.round(np.linspace(-1.0, 1.0, N_FEATURES), 3)
