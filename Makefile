@@ -60,6 +60,7 @@ demo: install
 test: install tools
 	$(PY) -m pytest
 
+# lint-imports: the layer contracts in pyproject.toml ([tool.importlinter]); a wrong-way import fails.
 # deptry twice: the whole tree (tests and benchmarks too) imports only declared packages; the application
 # packages alone import nothing that only the dev extra brings.
 lint: install
@@ -67,6 +68,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/deptry . --ignore DEP004
 	$(BIN)/deptry . --extend-exclude "tests|bench"
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format .

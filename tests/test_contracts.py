@@ -33,6 +33,7 @@ from kombu.transport import redis as kombu_redis
 from packaging.requirements import Requirement
 
 from inferpool import keys, publish, queues, versions
+from inferpool.celery_config import celery_config
 from inferpool.settings import Settings
 from scaler.load_signal import SignalReader
 from workers import app as workers_app
@@ -57,7 +58,7 @@ def broker(redis_server) -> Iterator[tuple[Celery, redis.Redis]]:
     client = redis.Redis.from_url(url)
     client.flushdb()
     app = Celery("contracts", set_as_current=False)
-    app.conf.update(workers_app.celery_config(Settings(redis_url=url)))
+    app.conf.update(celery_config(Settings(redis_url=url)))
     yield app, client
     app.close()
     client.flushdb()

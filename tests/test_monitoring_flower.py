@@ -17,8 +17,8 @@ from celery import Celery
 
 from cli.local_redis import free_port
 from inferpool import codec, keys
+from inferpool.celery_config import celery_config
 from tests.support.waiting import wait_until
-from workers.app import celery_config
 
 USER, PASSWORD = "ops", "flower-test-pw"
 N_FEATURES = 20

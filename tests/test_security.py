@@ -319,7 +319,8 @@ def test_flower_always_behind_basic_auth(secure, monkeypatch):
 
 
 def test_rediss_urls_verify_certificates_by_default():
-    from workers.app import make_app, tls_options
+    from inferpool.celery_config import tls_options
+    from workers.app import make_app
 
     url = "rediss://:pw@redis.example:6380/0"
     assert tls_options("redis://:pw@127.0.0.1:6379/0") == {}

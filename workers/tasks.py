@@ -24,9 +24,10 @@ import redis
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from inferpool import codec, drift, keys, metrics
+from inferpool.celery_config import soft_time_limit_s
 from inferpool.publish import TASK_PREDICT, TASK_PREDICT_ONLINE
 from inferpool.settings import get_settings
-from workers.app import app, soft_time_limit_s
+from workers.app import app
 from workers.delivery import OneEventRequest, ServingRequest, is_transient
 from workers.runtime import Runtime, get_runtime
 from workers.serving import CannotServe
