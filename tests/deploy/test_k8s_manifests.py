@@ -22,7 +22,7 @@ import yaml
 from cli.processes import by_name
 from inferpool.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 K8S_VERSION = "1.30.0"  # the oldest minor still supported upstream when this was written
 CRDS = {"keda.sh/v1alpha1": {"ScaledObject"}, "monitoring.coreos.com/v1": {"ServiceMonitor"}}

@@ -13,12 +13,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from test_monitoring_support import has, parse, scrape, scrape_text, value, worker_metrics_url
 
 from inferpool import keys
 from inferpool.exporter import ClusterCollector, serve
 from inferpool.settings import Settings
 from tests.support.jobs import wait_job
+from tests.support.monitoring import has, parse, scrape, scrape_text, value, worker_metrics_url
 from tests.support.waiting import wait_until
 
 N_FEATURES = 20

@@ -2,7 +2,7 @@
 
 A body arrives in blocks of any size, cut anywhere (inside a number, a string, a UTF-8 character, a
 .npy header); parsing it block by block must give what parsing it whole gives. The live API is tested in
-tests/test_input_errors.py and tests/test_hardening_api.py.
+tests/api/test_input_errors.py and tests/api/test_hardening_api.py.
 """
 
 from __future__ import annotations

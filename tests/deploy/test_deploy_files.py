@@ -14,7 +14,7 @@ from cli.processes import PROCESSES
 from inferpool.settings import Settings
 from workers.worker import worker_argv
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def procfile() -> dict[str, list[str]]:

@@ -16,7 +16,7 @@ import pytest
 from api.batcher import CostModel
 from inferpool import keys, model_store
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_cost_model_fits_linear_batch_time():

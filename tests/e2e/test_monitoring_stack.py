@@ -14,11 +14,11 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from sklearn.datasets import make_classification
-from test_monitoring_support import has, parse, scrape, value, worker_metrics_url
 
 from inferpool import codec, keys
 from inferpool.exporter import ClusterCollector
 from inferpool.settings import Settings
+from tests.support.monitoring import has, parse, scrape, value, worker_metrics_url
 from tests.support.waiting import wait_until
 
 N_FEATURES = 20

@@ -11,11 +11,11 @@ import sys
 
 import pytest
 import yaml
-from test_monitoring_support import ROOT, names_in, scrape_text, worker_metrics_url
 
 from cli.status_view import quantile_from_buckets
 from inferpool.exporter import ClusterCollector, serve
 from inferpool.settings import Settings
+from tests.support.monitoring import ROOT, names_in, scrape_text, worker_metrics_url
 
 PROM = ROOT / "deploy" / "prometheus"
 DASHBOARD = ROOT / "deploy" / "grafana" / "inferpool-dashboard.json"

@@ -123,7 +123,7 @@ def test_publish_layout_read_back_from_redis(broker):
 
 
 def test_unacked_entry_shape_for_an_inferpool_message(broker):
-    """A message taken and not acked: scaler/signal.py counts it by its value's ending, workers/redispatch.py
+    """A message taken and not acked: scaler/load_signal.py counts it by its value's ending, workers/redispatch.py
     finds its task id with a Lua pattern in its tail, inferpool/queues.py ages it by its index score."""
     app, r = broker
     q = "contract.unacked"
@@ -262,7 +262,7 @@ def test_prometheus_value_class_is_read_when_each_metric_is_made(tmp_path, monke
 
 
 def test_tested_ranges_are_the_pyproject_bounds():
-    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
     declared = {Requirement(r).name: Requirement(r).specifier for r in project["dependencies"]}
     for name, (low, high) in versions.TESTED.items():
         assert {str(s) for s in declared[name]} == {f">={low}", f"<{high}"}, name

@@ -1,6 +1,6 @@
 """The model store: manifests, integrity checks before loading, registering a user's model.
 
-Compiled (onnx) models have their own tests in tests/test_compiled_runtime.py.
+Compiled (onnx) models have their own tests in tests/core/test_compiled_runtime.py.
 """
 
 from __future__ import annotations

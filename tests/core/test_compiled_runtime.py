@@ -27,8 +27,8 @@ from inferpool import model_store
 from inferpool.compiled import CHECK_RANDOM_ROWS, OnnxModel
 from inferpool.errors import ModelError, ModelIntegrityError
 from tests.support.jobs import wait_job
+from tests.support.monitoring import scrape, value, worker_metrics_url
 from tests.support.waiting import wait_until
-from tests.test_monitoring_support import scrape, value, worker_metrics_url
 
 N_FEATURES = 20
 

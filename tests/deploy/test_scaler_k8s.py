@@ -21,7 +21,7 @@ from inferpool.settings import Settings, get_settings
 from scaler.cli import add_scaler_command, settings_from_args
 from scaler.metrics import ScalerMetrics
 
-K8S = Path(__file__).resolve().parent.parent / "deploy" / "k8s"
+K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 
 
 def docs(name: str) -> dict[str, dict]:

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from inferpool import keys
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 Samples = dict[tuple[str, frozenset], float]
 
 

@@ -13,7 +13,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 # What a lock's requirement would be evaluated against: Python 3.11 on Linux x86_64.
 TARGET = {"python_version": "3.11", "python_full_version": "3.11.0", "sys_platform": "linux",

@@ -21,7 +21,6 @@ import redis
 import redis.asyncio
 from prometheus_client import CollectorRegistry, generate_latest
 from sklearn.datasets import make_classification
-from test_monitoring_support import parse, value
 
 from api.inputs import refused_rows
 from api.schemas import DriftResponse
@@ -48,6 +47,7 @@ from inferpool.drift.stats import chi2_pvalue, ks_pvalue, stuck_pvalue
 from inferpool.exporter import ClusterCollector
 from inferpool.model_store import Manifest, summarize_features
 from inferpool.settings import Settings
+from tests.support.monitoring import parse, value
 from tests.support.waiting import wait_until
 
 N_FEATURES = 20
