@@ -26,29 +26,10 @@ from inferpool import codec, keys, metrics
 from inferpool.errors import BrokerUnavailable
 from inferpool.publish import BROKER_ERRORS, task_message
 from inferpool.redis_client import async_client
+from inferpool.scripts import PublishPending
 
 logger = logging.getLogger(__name__)
 
-# KEYS: queue, pending marker, result, ledger, spec, in-flight set;
-# ARGV: message, now, ttl, requests, spec JSON, in-flight member.
-# The message goes on its queue first; then, once per task (SET NX), the requests count as accepted. The worker
-# counts an outcome only if the marker exists, so a result that got here first (a re-sent copy) is counted here:
-# each request counts as accepted and as succeeded/failed exactly once. Unfinished, the task is kept (rows and
-# all) for the re-dispatcher.
-_PUBLISH_PENDING = """
-redis.call('LPUSH', KEYS[1], ARGV[1])
-if not redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3], 'NX') then return 0 end
-redis.call('HINCRBY', KEYS[4], 'accepted', ARGV[4])
-local r = redis.call('GET', KEYS[3])
-if r then
-  local outcome = cjson.decode(r)['error'] and 'failed' or 'succeeded'
-  redis.call('HINCRBY', KEYS[4], outcome, ARGV[4])
-else
-  redis.call('SET', KEYS[5], ARGV[5], 'EX', ARGV[3])
-  redis.call('ZADD', KEYS[6], ARGV[2], ARGV[6])
-end
-return 1
-"""
 REPLY_POLL_S = 1
 
 
@@ -78,7 +59,7 @@ class Dispatcher:
         self._ttl = result_ttl_s
         self._blocking = async_client(redis_url, blocking=True)
         self._async = async_client(redis_url)
-        self._publish_pending = self._async.register_script(_PUBLISH_PENDING)
+        self._publish_pending = PublishPending.register(self._async)
         self._waiting: dict[str, asyncio.Future[Reply]] = {}
         self._reader: asyncio.Task | None = None
         self._stopping = False

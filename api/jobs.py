@@ -15,23 +15,7 @@ from api.schemas import JobStatus, JobView, Progress, Timings
 from inferpool import codec, keys
 from inferpool.errors import JobNotFound
 from inferpool.publish import chunk_rows, chunk_spec
-
-# KEYS: job hash, ledger, in-flight set; ARGV: now, in-flight member. A job counts as accepted once all its
-# chunks are on the queue, and only once (HSETNX); one that already finished (its chunks can outrun this call)
-# has its outcome counted here, because the workers count outcomes only of accepted jobs. A failed submit thus
-# leaves the ledger as it was. An unfinished job joins the in-flight set, where the re-dispatcher watches it.
-_ACCEPT_JOB = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if redis.call('HSETNX', KEYS[1], 'accepted', 1) == 0 then return 0 end
-redis.call('HINCRBY', KEYS[2], 'accepted', 1)
-local st = redis.call('HGET', KEYS[1], 'status')
-if st == 'succeeded' or st == 'failed' then
-  redis.call('HINCRBY', KEYS[2], st, 1)
-else
-  redis.call('ZADD', KEYS[3], ARGV[1], ARGV[2])
-end
-return 1
-"""
+from inferpool.scripts import AcceptJob
 
 
 def _f(v: bytes | None) -> float | None:
@@ -50,7 +34,7 @@ class JobStore:
         self, aredis, dispatcher: Dispatcher, chunk_rows: int, ttl_s: int, id_secret: str | None = None
     ) -> None:
         self.redis = aredis
-        self._accept = aredis.register_script(_ACCEPT_JOB)
+        self._accept = AcceptJob.register(aredis)
         self.dispatcher = dispatcher
         self.chunk_rows = chunk_rows
         self.ttl_s = ttl_s

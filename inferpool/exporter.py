@@ -52,19 +52,6 @@ logger = logging.getLogger(__name__)
 # long without one it leaves the per-worker series altogether.
 WORKER_GONE_S = 60.0
 
-# KEYS[1]: the workers sorted set. ARGV[1]: oldest heartbeat kept, ARGV[2]: heartbeat hash prefix.
-# Returns name, last heartbeat, hash fields, ... for every worker seen since ARGV[1].
-_WORKERS_LUA = """
-local seen = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf', 'WITHSCORES')
-local out = {}
-for i = 1, #seen, 2 do
-  out[#out + 1] = seen[i]
-  out[#out + 1] = seen[i + 1]
-  out[#out + 1] = redis.call('HGETALL', ARGV[2] .. seen[i])
-end
-return out
-"""
-
 
 @dataclass(frozen=True)
 class WorkerSeen:
@@ -76,13 +63,20 @@ class WorkerSeen:
         return now - self.last_beat <= keys.WORKER_STALE_S and bool(self.fields)
 
 
-def _decode_workers(flat: list) -> list[WorkerSeen]:
-    out = []
-    for i in range(0, len(flat), 3):
-        raw = flat[i + 2]
-        fields = {raw[j].decode(): raw[j + 1].decode() for j in range(0, len(raw), 2)}
-        out.append(WorkerSeen(flat[i].decode(), float(flat[i + 1]), fields))
-    return out
+def workers_seen(client: redis.Redis, since: float) -> list[WorkerSeen]:
+    """Every worker whose last heartbeat is at or after ``since`` (epoch s), with its heartbeat hash.
+
+    Two round trips: the names, then their hashes (a hash gone meanwhile reads empty: not live).
+    """
+    seen = client.zrangebyscore(keys.WORKERS, since, "+inf", withscores=True)
+    pipe = client.pipeline(transaction=False)
+    for name, _ in seen:
+        pipe.hgetall(keys.worker(name.decode()))
+    hashes = pipe.execute() if seen else []
+    return [
+        WorkerSeen(name.decode(), float(beat), {k.decode(): v.decode() for k, v in raw.items()})
+        for (name, beat), raw in zip(seen, hashes, strict=True)
+    ]
 
 
 class ClusterCollector:
@@ -111,11 +105,10 @@ class ClusterCollector:
         snap = queues.snapshot(self.client)
         pipe = self.client.pipeline(transaction=True)
         pipe.hgetall(keys.LEDGER)
-        pipe.eval(_WORKERS_LUA, 1, keys.WORKERS, snap.taken_at - self.worker_gone_s, keys.worker(""))
         pipe.lrange(keys.FEEDBACK, 0, self.settings.drift_accuracy_window - 1)
-        ledger_raw, workers_raw, feedback_raw = pipe.execute()
+        ledger_raw, feedback_raw = pipe.execute()
         ledger = {k.decode(): int(v) for k, v in ledger_raw.items()}
-        return snap, ledger, _decode_workers(workers_raw), feedback_raw
+        return snap, ledger, workers_seen(self.client, snap.taken_at - self.worker_gone_s), feedback_raw
 
     def drift_report(self, manifest: model_store.Manifest) -> drift.DriftReport:
         """The window's report, shared with the drift route for ``INFERPOOL_DRIFT_CACHE_S``."""
@@ -126,9 +119,7 @@ class ClusterCollector:
         """Live workers' metrics endpoints, as Prometheus ``http_sd_configs`` expects them."""
         now = time.time()
         out = []
-        for w in _decode_workers(
-            self.client.eval(_WORKERS_LUA, 1, keys.WORKERS, now - keys.WORKER_STALE_S, keys.worker(""))
-        ):
+        for w in workers_seen(self.client, now - keys.WORKER_STALE_S):
             addr = w.fields.get("metrics")
             if addr and w.live(now):
                 out.append({"targets": [addr], "labels": {"worker": w.name}})

@@ -33,6 +33,7 @@ from celery.signals import worker_ready, worker_shutdown
 from inferpool import keys
 from inferpool.publish import chunk_rows, chunk_spec, send_predict
 from inferpool.redis_client import sync_client
+from inferpool.scripts import FindMessages, ReleaseLock
 from inferpool.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -44,37 +45,6 @@ MAX_PIECES = 2000
 # Messages read per script call, so that a scan never holds Redis for long: measured here, a queue of
 # 20,000 inline messages of 64 rows (10 KB each) took 0.8 s to scan in one script, ~9 ms per page of 250.
 SCAN_PAGE = 250
-# Every kombu message names its task in properties.correlation_id, near its end (after the body).
-TAIL_BYTES = 1024
-
-# KEYS[1]: a queue list or the unacked hash; ARGV: kind ("list" | "hash"), first index, page size, task ids.
-# Returns the index to go on from (-1 at the end), then the ids found there.
-_FIND_MESSAGES = (
-    """
-local want = {}
-for i = 4, #ARGV do want[ARGV[i]] = true end
-local start, page = tonumber(ARGV[2]), tonumber(ARGV[3])
-local msgs, next_start
-if ARGV[1] == 'hash' then
-  msgs, next_start = redis.call('HVALS', KEYS[1]), -1
-else
-  msgs = redis.call('LRANGE', KEYS[1], start, start + page - 1)
-  next_start = (#msgs < page) and -1 or (start + page)
-end
-local out = {next_start}
-local pattern = '"correlation_id": ?"([^"]*)"'
-for _, m in ipairs(msgs) do
-  local id = string.match(m, pattern, math.max(1, #m - """
-    + str(TAIL_BYTES)
-    + """)) or string.match(m, pattern)
-  if id and want[id] then
-    out[#out + 1] = id
-    want[id] = nil
-  end
-end
-return out
-"""
-)
 
 
 @dataclass
@@ -95,11 +65,12 @@ def find_messages(client: Any, task_ids: list[str], queues: tuple[str, ...] = ke
     """
     wanted = set(task_ids)
     found: set[str] = set()
+    find = FindMessages.register(client)
     places = [(lst, "list") for q in queues for lst in keys.priority_lists(q)] + [(keys.UNACKED_HASH, "hash")]
     for key, kind in places:
         start = 0
         while wanted and start >= 0:
-            reply = client.eval(_FIND_MESSAGES, 1, key, kind, start, SCAN_PAGE, *wanted)
+            reply = find(keys=[key], args=[kind, start, SCAN_PAGE, *wanted])
             start = int(reply[0])
             hits = {x.decode() if isinstance(x, bytes) else x for x in reply[1:]}
             found |= hits
@@ -172,12 +143,6 @@ def sweep(client: Any, s: Settings, now: float) -> SweepReport:
 
 # Longer than any sweep (a few pages of scans): a holder that dies mid-sweep holds the others off this long.
 LOCK_TTL_S = 60
-# KEYS: the lock; ARGV: the holder's token. Deletes the lock only if it is still the holder's: a sweep that
-# outlived the TTL must not release a lock another worker has taken since.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class SweepLock:
@@ -186,7 +151,7 @@ class SweepLock:
     def __init__(self, client: Any, hostname: str) -> None:
         self.client = client
         self.token = f"{hostname}:{uuid.uuid4().hex}"
-        self._release = client.register_script(_RELEASE)
+        self._release = ReleaseLock.register(client)
 
     def acquire(self) -> bool:
         return bool(self.client.set(keys.REDISPATCH_LOCK, self.token, nx=True, ex=LOCK_TTL_S))

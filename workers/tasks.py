@@ -26,6 +26,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from inferpool import codec, drift, keys, metrics
 from inferpool.celery_config import soft_time_limit_s
 from inferpool.publish import TASK_PREDICT, TASK_PREDICT_ONLINE
+from inferpool.scripts import FailJob, FinishChunk, FinishInline, StartChunk
 from inferpool.settings import get_settings
 from workers.app import app
 from workers.delivery import OneEventRequest, ServingRequest, is_transient
@@ -40,84 +41,6 @@ T = TypeVar("T")
 REDIS_PATIENCE_S = 3.0
 REDIS_RETRY_PAUSE_S = 0.2
 SOFT_LIMIT_MARGIN_S = 0.5
-
-# KEYS: job hash, done set, ledger, chunk input, in-flight set, chunk output, samples stream ("" for none);
-# ARGV: chunk, rows, ttl, now, queue_wait, run_s, in-flight member, predictions, samples cap.
-# The output is written first (a later copy writes the same bytes). The outcome counts in the ledger only once
-# the API has accepted the job (api/jobs.py counts it then if it finished first); a job whose hash expired is
-# left alone rather than rebuilt without a TTL. A finished chunk is progress: the job's mark in the in-flight set
-# moves on (or goes, with the job). One sample per task goes to the queue's stream: the scaler's signal.
-_FINISH_CHUNK = """
-redis.call('SET', KEYS[6], ARGV[8], 'EX', ARGV[3])
-if KEYS[7] ~= '' then
-  redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[9], '*', 'w', ARGV[5], 'r', ARGV[6])
-end
-if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
-local added = redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-if added == 0 then
-  redis.call('HINCRBY', KEYS[3], 'duplicates', 1)
-  return -1
-end
-redis.call('DEL', KEYS[4])  -- done: its rows need not wait out the TTL (a later copy sees it done)
-redis.call('HINCRBY', KEYS[1], 'rows_done', ARGV[2])
-redis.call('HINCRBYFLOAT', KEYS[1], 'queue_wait_sum_s', ARGV[5])
-redis.call('HINCRBYFLOAT', KEYS[1], 'run_sum_s', ARGV[6])
-local done = redis.call('HINCRBY', KEYS[1], 'chunks_done', 1)
-local total = tonumber(redis.call('HGET', KEYS[1], 'n_chunks'))
-if done == total then
-  redis.call('ZREM', KEYS[5], ARGV[7])
-  if redis.call('HGET', KEYS[1], 'status') ~= 'failed' then
-    redis.call('HSET', KEYS[1], 'status', 'succeeded', 'finished', ARGV[4])
-    if redis.call('HEXISTS', KEYS[1], 'accepted') == 1 then redis.call('HINCRBY', KEYS[3], 'succeeded', 1) end
-  end
-else
-  redis.call('ZADD', KEYS[5], 'XX', ARGV[4], ARGV[7])
-end
-return done
-"""
-
-# KEYS: result key, ledger, reply list (or "" when none), pending marker, spec, in-flight set, samples stream
-# (or ""); ARGV: payload, ttl, requests, outcome, in-flight member, queue_wait, run_s, samples cap.
-# One round trip: the answer goes out first, the first completion alone counts in the ledger, and only
-# if the API has marked the requests accepted (if the marker comes later, the API counts it then).
-_FINISH_INLINE = """
-if KEYS[3] ~= '' then
-  redis.call('RPUSH', KEYS[3], ARGV[1])
-  redis.call('EXPIRE', KEYS[3], 300)
-end
-if KEYS[7] ~= '' then
-  redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[8], '*', 'w', ARGV[6], 'r', ARGV[7])
-end
-if redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then
-  if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('HINCRBY', KEYS[2], ARGV[4], ARGV[3]) end
-  redis.call('DEL', KEYS[5])
-  redis.call('ZREM', KEYS[6], ARGV[5])
-  return 1
-end
-redis.call('HINCRBY', KEYS[2], 'duplicates', 1)
-return 0
-"""
-
-# KEYS: job hash, in-flight set; ARGV: now, in-flight member. Moves queued -> running, never back from an
-# end state; a chunk starting is progress.
-_START_CHUNK = """
-if redis.call('HGET', KEYS[1], 'status') == 'queued' then
-  redis.call('HSET', KEYS[1], 'status', 'running', 'started', ARGV[1])
-end
-redis.call('ZADD', KEYS[2], 'XX', ARGV[1], ARGV[2])
-return 1
-"""
-
-# KEYS: job hash, ledger, in-flight set; ARGV: error, now, in-flight member
-_FAIL_JOB = """
-local st = redis.call('HGET', KEYS[1], 'status')
-if st == 'succeeded' or st == 'failed' or not st then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[1], 'finished', ARGV[2])
-redis.call('ZREM', KEYS[3], ARGV[3])
-if redis.call('HEXISTS', KEYS[1], 'accepted') == 1 then redis.call('HINCRBY', KEYS[2], 'failed', 1) end
-return 1
-"""
 
 
 def _enqueued_at(request: Any) -> float | None:
@@ -173,10 +96,10 @@ class _Scripts:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self.finish_chunk = client.register_script(_FINISH_CHUNK)
-        self.finish_inline = client.register_script(_FINISH_INLINE)
-        self.start_chunk = client.register_script(_START_CHUNK)
-        self.fail_job = client.register_script(_FAIL_JOB)
+        self.finish_chunk = FinishChunk.register(client)
+        self.finish_inline = FinishInline.register(client)
+        self.start_chunk = StartChunk.register(client)
+        self.fail_job = FailJob.register(client)
 
 
 _scripts: _Scripts | None = None

@@ -32,13 +32,12 @@ from kombu.asynchronous.timer import Timer
 from kombu.transport import redis as kombu_redis
 from packaging.requirements import Requirement
 
-from inferpool import keys, publish, queues, versions
+from inferpool import keys, publish, queues, scripts, versions
 from inferpool.celery_config import celery_config
 from inferpool.settings import Settings
 from scaler.load_signal import SignalReader
 from workers import app as workers_app
 from workers import control as workers_control
-from workers import redispatch
 
 CONTRACT_DB = 9
 # Headers Celery's send_task writes that inferpool's messages leave out: canvas stamping and task
@@ -147,10 +146,10 @@ def test_unacked_entry_shape_for_an_inferpool_message(broker):
         assert (exchange, routing_key) == ("", q)
         assert raw["properties"]["delivery_tag"] == tag
         assert value.rstrip().endswith(SignalReader(r, q, "w")._held_suffix)
-        tail = value[-redispatch.TAIL_BYTES :].decode()
+        tail = value[-scripts.TAIL_BYTES :].decode()
         assert re.search(CORRELATION_PATTERN, tail).group(1) == "t-held"
-        assert CORRELATION_PATTERN in redispatch._FIND_MESSAGES
-        found = r.eval(redispatch._FIND_MESSAGES, 1, keys.UNACKED_HASH, "hash", 0, 10, "t-held", "t-other")
+        assert CORRELATION_PATTERN in scripts.FindMessages.source
+        found = r.eval(scripts.FindMessages.source, 1, keys.UNACKED_HASH, "hash", 0, 10, "t-held", "t-other")
         assert found == [-1, b"t-held"]
         snap = queues.snapshot(r, (q,))
         assert snap.unacked == 1 and snap.queues[q].depth == 0
@@ -164,7 +163,7 @@ def test_redispatch_finds_queued_messages_in_the_list(broker):
     _, r = broker
     q = "contract.scan"
     r.lpush(q, publish.task_message("t-queued", spec_for(q, "t-queued"), q))
-    assert r.eval(redispatch._FIND_MESSAGES, 1, q, "list", 0, 10, "t-queued") == [-1, b"t-queued"]
+    assert r.eval(scripts.FindMessages.source, 1, q, "list", 0, 10, "t-queued") == [-1, b"t-queued"]
 
 
 # --- inferpool/publish.py against Celery's own send_task ---------------------------------------------------
