@@ -16,7 +16,6 @@ import logging
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,31 +24,13 @@ import orjson
 from inferpool import codec, keys, metrics
 from inferpool.errors import BrokerUnavailable
 from inferpool.publish import BROKER_ERRORS, task_message
+from inferpool.records import Reply, decode_reply, inline_spec
 from inferpool.redis_client import async_client
 from inferpool.scripts import PublishPending
 
 logger = logging.getLogger(__name__)
 
 REPLY_POLL_S = 1
-
-
-@dataclass(frozen=True)
-class Reply:
-    task_id: str
-    predictions: np.ndarray | None
-    model_version: str
-    enqueued: float
-    started: float
-    finished: float
-    error: str | None = None
-
-
-def parse_reply(raw: bytes) -> Reply:
-    d = orjson.loads(raw)
-    preds = np.asarray(d["p"], dtype=np.int64) if "p" in d else None
-    return Reply(
-        d["id"], preds, d.get("v", ""), d.get("enq", 0.0), d.get("start", 0.0), d.get("end", 0.0), d.get("error")
-    )
 
 
 class Dispatcher:
@@ -97,11 +78,9 @@ class Dispatcher:
     ) -> tuple[str, asyncio.Future]:
         """Send rows inline as one task (or, with ``rows=None``, only simulated work); the future gets its Reply."""
         task_id = secrets.token_hex(16)  # 128 random bits: it is also the pollable job id of the request
-        spec: dict[str, Any] = {
-            "id": task_id, "n": 0, "work_ms": work_ms, "reply": self.reply_key, "queue": queue, "reqs": reqs,
-        }  # fmt: skip
+        spec = inline_spec(task_id, work_ms, self.reply_key, queue, reqs)
         if rows is not None:
-            spec.update(n=int(rows.shape[0]), rows=codec.rows_to_b64(rows))
+            spec["n"], spec["rows"] = int(rows.shape[0]), codec.rows_to_b64(rows)
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._waiting[task_id] = fut
         try:
@@ -147,7 +126,7 @@ class Dispatcher:
 
     def _deliver(self, raw: bytes) -> None:
         try:
-            reply = parse_reply(raw)
+            reply = decode_reply(raw)
             fut = self._waiting.pop(reply.task_id, None)
             if fut is not None and not fut.done():
                 fut.set_result(reply)

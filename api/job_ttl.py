@@ -18,6 +18,7 @@ import contextlib
 import logging
 
 from inferpool import keys
+from inferpool.records import JobField
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class InflightTtl:
     async def _extend(self, job_ids: list[str]) -> int:
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
-            pipe.hget(keys.job(job_id), "n_chunks")
+            pipe.hget(keys.job(job_id), JobField.n_chunks)
         counts = await pipe.execute()
         pipe = self.redis.pipeline(transaction=False)
         alive = 0

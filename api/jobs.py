@@ -8,19 +8,13 @@ import secrets
 import time
 
 import numpy as np
-import orjson
 
 from api.dispatch import Dispatcher
-from api.schemas import JobStatus, JobView, Progress, Timings
+from api.schemas import JobView, Progress, Timings
 from inferpool import codec, keys
 from inferpool.errors import JobNotFound
-from inferpool.publish import chunk_rows, chunk_spec
+from inferpool.records import JobField, JobRecord, JobStatus, chunk_rows, chunk_spec, decode_reply, new_job
 from inferpool.scripts import AcceptJob
-
-
-def _f(v: bytes | None) -> float | None:
-    return float(v) if v is not None else None
-
 
 # Hex digits of the tag that makes a slice id unguessable: 128 bits.
 SLICE_TAG_HEX = 32
@@ -82,14 +76,8 @@ class JobStore:
         with the same Idempotency-Key finishes it (see ``resume``).
         """
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(
-            keys.job(job_id),
-            mapping={
-                "status": JobStatus.queued.value, "n_rows": n_rows, "n_chunks": n_chunks, "rows_done": 0,
-                "chunks_done": 0, "chunk_rows": self.chunk_rows, "submitted": time.time(), "work_ms": work_ms,
-                "model_version": model_version, "key_id": key_id,
-            },
-        )  # fmt: skip
+        record = new_job(n_rows, n_chunks, self.chunk_rows, work_ms, model_version, key_id, time.time())
+        pipe.hset(keys.job(job_id), mapping=record)
         pipe.expire(keys.job(job_id), self.ttl_s)
         await pipe.execute()
         await self._publish_and_accept(job_id, n_rows, n_chunks, work_ms)
@@ -103,7 +91,7 @@ class JobStore:
         Its chunks are published again: any that already ran run twice and count as duplicates.
         """
         n, n_chunks, work_ms, accepted = await self.redis.hmget(
-            keys.job(job_id), ["n_rows", "n_chunks", "work_ms", "accepted"]
+            keys.job(job_id), [JobField.n_rows, JobField.n_chunks, JobField.work_ms, JobField.accepted]
         )
         if n is None:
             return False
@@ -131,26 +119,24 @@ class JobStore:
         h = await self.redis.hgetall(keys.job(job_id))
         if not h:
             raise JobNotFound(f"no job {job_id!r} (unknown, or its results expired)")
-        h = {k.decode(): v.decode() for k, v in h.items()}
-        if key_id is not None and h.get("key_id", key_id) != key_id:
+        job = JobRecord.decode(h)
+        if job is not None and key_id is not None and job.key_id not in (None, key_id):
             raise JobNotFound(f"no job {job_id!r} (unknown, or its results expired)")
-        if "status" not in h or "n_rows" not in h:
+        if job is None:
             # A hash rebuilt by a late counter update after the job expired: treat it as expired.
             raise JobNotFound(f"no job {job_id!r} (unknown, or its results expired)")
-        status = JobStatus(h["status"])
-        n, n_chunks = int(h["n_rows"]), int(h["n_chunks"])
-        submitted, started, finished = _f(h.get("submitted")), _f(h.get("started")), _f(h.get("finished"))
+        status, submitted, started, finished = job.status, job.submitted, job.started, job.finished
         preds = None
         if status is JobStatus.succeeded and with_predictions:
-            blobs = await self.redis.mget([keys.job_output(job_id, k) for k in range(n_chunks)])
+            blobs = await self.redis.mget([keys.job_output(job_id, k) for k in range(job.n_chunks)])
             if any(b is None for b in blobs):
                 raise JobNotFound(f"results of job {job_id!r} have expired")
             preds = np.concatenate([codec.preds_from_bytes(b) for b in blobs]).tolist()
         return JobView(
             job_id=job_id,
             status=status,
-            progress=Progress(rows_done=int(h.get("rows_done", 0)), rows_total=n),
-            model_version=h.get("model_version"),
+            progress=Progress(rows_done=job.rows_done, rows_total=job.n_rows),
+            model_version=job.model_version,
             timings=Timings(
                 submitted=submitted,
                 started=started,
@@ -159,7 +145,7 @@ class JobStore:
                 run_s=(finished - started) if finished and started else None,
             ),  # fmt: skip
             predictions=preds,
-            error=h.get("error"),
+            error=job.error,
         )
 
     async def _get_inline(self, job_id: str, key_id: str | None) -> JobView:
@@ -181,24 +167,23 @@ class JobStore:
                 job_id=job_id, status=JobStatus.queued, progress=Progress(rows_done=0, rows_total=count),
                 timings=Timings(submitted=float(pending)),
             )  # fmt: skip
-        d = orjson.loads(raw)
-        if "error" in d:
+        reply = decode_reply(raw)
+        if reply.error is not None or reply.predictions is None:
             return JobView(
                 job_id=job_id, status=JobStatus.failed, progress=Progress(rows_done=0, rows_total=count),
-                timings=Timings(), error=d["error"],
+                timings=Timings(), error=reply.error,
             )  # fmt: skip
-        preds = d["p"][offset : offset + count]
         return JobView(
             job_id=job_id,
             status=JobStatus.succeeded,
             progress=Progress(rows_done=count, rows_total=count),
-            model_version=d.get("v"),
+            model_version=reply.model_version,
             timings=Timings(
-                submitted=d["enq"],
-                started=d["start"],
-                finished=d["end"],
-                queue_wait_s=d["start"] - d["enq"],
-                run_s=d["end"] - d["start"],
+                submitted=reply.enqueued,
+                started=reply.started,
+                finished=reply.finished,
+                queue_wait_s=reply.started - reply.enqueued,
+                run_s=reply.finished - reply.started,
             ),  # fmt: skip
-            predictions=preds,
+            predictions=reply.predictions[offset : offset + count].tolist(),
         )

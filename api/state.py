@@ -15,6 +15,7 @@ from api.quota import Quotas
 from inferpool import keys, queues, redis_fit, status
 from inferpool.errors import BrokerUnavailable, ModelError, Overloaded
 from inferpool.model_store import Manifest, read_manifest
+from inferpool.records import HeartbeatField
 from inferpool.redis_client import sync_client
 from inferpool.settings import Settings
 
@@ -97,7 +98,7 @@ class ApiState:
         names = await status.live_workers(self.redis)
         pipe = self.redis.pipeline(transaction=False)
         for n in names:
-            pipe.hmget(keys.worker(n), ["processes", "queues"])
+            pipe.hmget(keys.worker(n), [HeartbeatField.processes, HeartbeatField.queues])
         for q in keys.ALL_QUEUES:
             pipe.xrevrange(keys.task_samples(q), count=SERVICE_SAMPLES)
         res = await pipe.execute()

@@ -18,11 +18,12 @@ import time
 from typing import Any
 
 from inferpool import keys
+from inferpool.records import HeartbeatField
 
 
 def worker_problem(client: Any, node: str, now: float) -> str | None:
     """Why ``node`` does not count as alive, or None."""
-    updated = client.hget(keys.worker(node), "updated")
+    updated = client.hget(keys.worker(node), HeartbeatField.updated)
     if updated is None:
         return f"no heartbeat from {node}"
     age_s = now - float(updated)

@@ -25,6 +25,7 @@ import redis
 
 from inferpool import drift, keys, model_store, status
 from inferpool.compiled import served_runtime
+from inferpool.records import HeartbeatField, LedgerField
 from inferpool.settings import Settings, get_settings
 from loadtest.client_auth import ApiKeyError, add_api_key_arguments, api_key_from
 
@@ -120,7 +121,7 @@ class Viewer:
             return {}
         pipe = aclient.pipeline(transaction=False)
         for n in names:
-            pipe.hget(keys.worker(n), "metrics")
+            pipe.hget(keys.worker(n), HeartbeatField.metrics)
         addrs = [a.decode() for a in await pipe.execute() if a]
         texts = await asyncio.gather(*(http.get(f"http://{a}/metrics") for a in addrs), return_exceptions=True)
         total: dict[float, float] = {}
@@ -154,8 +155,8 @@ class Viewer:
         dt = last.at - old.at
         if dt <= 0:
             return None, None, None
-        ok = last.status["ledger"].get("succeeded", 0) - old.status["ledger"].get("succeeded", 0)
-        bad = last.status["ledger"].get("failed", 0) - old.status["ledger"].get("failed", 0)
+        ok = last.status["ledger"].get(LedgerField.succeeded, 0) - old.status["ledger"].get(LedgerField.succeeded, 0)
+        bad = last.status["ledger"].get(LedgerField.failed, 0) - old.status["ledger"].get(LedgerField.failed, 0)
         err = bad / (ok + bad) if ok + bad > 0 else 0.0
         diff = {le: n - old.buckets.get(le, 0.0) for le, n in last.buckets.items()}
         p95 = quantile_from_buckets(0.95, diff) if old.buckets else None
@@ -177,8 +178,8 @@ class Viewer:
         )
         ledger = st["ledger"]
         lines.append(
-            f"ledger accepted {ledger.get('accepted', 0)}  succeeded {ledger.get('succeeded', 0)}  "
-            f"failed {ledger.get('failed', 0)}  in flight {ledger.get('in_flight', 0)}"
+            f"ledger accepted {ledger.get(LedgerField.accepted, 0)}  succeeded {ledger.get(LedgerField.succeeded, 0)}  "
+            f"failed {ledger.get(LedgerField.failed, 0)}  in flight {ledger.get('in_flight', 0)}"
         )
         lines.append("")
         lines.append(

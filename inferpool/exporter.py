@@ -27,9 +27,8 @@ import signal
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis
@@ -39,6 +38,7 @@ from inferpool import drift, feedback, keys, model_store, queues
 from inferpool.drift import cache as drift_cache
 from inferpool.drift.metrics import concept_families, drift_families
 from inferpool.errors import ModelError
+from inferpool.records import Heartbeat, LedgerField, in_flight
 from inferpool.settings import Settings, get_settings
 from inferpool.telemetry import MetricsServer, serve
 
@@ -53,30 +53,17 @@ logger = logging.getLogger(__name__)
 WORKER_GONE_S = 60.0
 
 
-@dataclass(frozen=True)
-class WorkerSeen:
-    name: str
-    last_beat: float
-    fields: dict[str, str]
-
-    def live(self, now: float) -> bool:
-        return now - self.last_beat <= keys.WORKER_STALE_S and bool(self.fields)
-
-
-def workers_seen(client: redis.Redis, since: float) -> list[WorkerSeen]:
+def workers_seen(client: redis.Redis, since: float) -> list[Heartbeat]:
     """Every worker whose last heartbeat is at or after ``since`` (epoch s), with its heartbeat hash.
 
     Two round trips: the names, then their hashes (a hash gone meanwhile reads empty: not live).
     """
-    seen = client.zrangebyscore(keys.WORKERS, since, "+inf", withscores=True)
+    seen = cast(list[tuple[bytes, float]], client.zrangebyscore(keys.WORKERS, since, "+inf", withscores=True))
     pipe = client.pipeline(transaction=False)
     for name, _ in seen:
         pipe.hgetall(keys.worker(name.decode()))
     hashes = pipe.execute() if seen else []
-    return [
-        WorkerSeen(name.decode(), float(beat), {k.decode(): v.decode() for k, v in raw.items()})
-        for (name, beat), raw in zip(seen, hashes, strict=True)
-    ]
+    return [Heartbeat.decode(name, beat, raw) for (name, beat), raw in zip(seen, hashes, strict=True)]
 
 
 class ClusterCollector:
@@ -100,7 +87,7 @@ class ClusterCollector:
             self._manifest = None
         return self._manifest
 
-    def read(self) -> tuple[queues.Snapshot, dict[str, int], list[WorkerSeen], list[bytes]]:
+    def read(self) -> tuple[queues.Snapshot, dict[str, int], list[Heartbeat], list[bytes]]:
         """Queues, ledger, workers and the newest labelled predictions (drift is read by ``drift_report``)."""
         snap = queues.snapshot(self.client)
         pipe = self.client.pipeline(transaction=True)
@@ -120,7 +107,7 @@ class ClusterCollector:
         now = time.time()
         out = []
         for w in workers_seen(self.client, now - keys.WORKER_STALE_S):
-            addr = w.fields.get("metrics")
+            addr = w.metrics
             if addr and w.live(now):
                 out.append({"targets": [addr], "labels": {"worker": w.name}})
         return out
@@ -211,15 +198,15 @@ class ClusterCollector:
         redelivered = CounterMetricFamily(
             "inferpool_messages_redelivered", "Messages workers received a second time (kombu's redelivered flag)"
         )
-        redelivered.add_metric([], ledger.get("redelivered", 0))
+        redelivered.add_metric([], ledger.get(LedgerField.redelivered, 0))
         yield redelivered
         redispatched = CounterMetricFamily(
             "inferpool_messages_redispatched", "Lost messages (on no queue, held by no worker) published again"
         )
-        redispatched.add_metric([], ledger.get("redispatched", 0))
+        redispatched.add_metric([], ledger.get(LedgerField.redispatched, 0))
         yield redispatched
 
-    def _worker_families(self, workers: list[WorkerSeen], now: float) -> Iterator[Metric]:
+    def _worker_families(self, workers: list[Heartbeat], now: float) -> Iterator[Metric]:
         up = GaugeMetricFamily("inferpool_worker_up", "1 while the worker's heartbeat is fresh", labels=["worker"])
         procs = GaugeMetricFamily(
             "inferpool_worker_pool_processes", "Pool processes of a live worker", labels=["worker"]
@@ -231,27 +218,27 @@ class ClusterCollector:
             live += alive
             up.add_metric([w.name], 1 if alive else 0)
             if alive:
-                procs.add_metric([w.name], int(w.fields.get("processes", 0)))
-                busy.add_metric([w.name], int(w.fields.get("busy", 0)))
+                procs.add_metric([w.name], w.processes)
+                busy.add_metric([w.name], w.busy)
         n = GaugeMetricFamily("inferpool_workers_live", "Workers with a fresh heartbeat")
         n.add_metric([], live)
         yield from (up, procs, busy, n)
 
     def _ledger_families(self, ledger: dict[str, int]) -> Iterator[Metric]:
         for field, help_ in (
-            ("accepted", "Jobs (and predict requests) accepted"),
-            ("succeeded", "Jobs whose every result was written, counted once"),
-            ("failed", "Jobs that failed, counted once"),
-            ("duplicates", "Completions of work already done (a redelivered task run again)"),
+            (LedgerField.accepted, "Jobs (and predict requests) accepted"),
+            (LedgerField.succeeded, "Jobs whose every result was written, counted once"),
+            (LedgerField.failed, "Jobs that failed, counted once"),
+            (LedgerField.duplicates, "Completions of work already done (a redelivered task run again)"),
         ):
-            name = f"inferpool_ledger_{'duplicate_completions' if field == 'duplicates' else 'jobs_' + field}"
+            name = f"inferpool_ledger_{'duplicate_completions' if field == LedgerField.duplicates else 'jobs_' + field}"
             fam = CounterMetricFamily(name, help_)
             fam.add_metric([], ledger.get(field, 0))
             yield fam
         flight = GaugeMetricFamily(
             "inferpool_ledger_jobs_in_flight", "Accepted minus succeeded minus failed: lost work shows here"
         )
-        flight.add_metric([], ledger.get("accepted", 0) - ledger.get("succeeded", 0) - ledger.get("failed", 0))
+        flight.add_metric([], in_flight(ledger))
         yield flight
 
 

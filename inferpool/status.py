@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import orjson
 
 from inferpool import keys, queues
+from inferpool.records import Heartbeat, HeartbeatField, decode_ledger
 
 DECISIONS_SHOWN = 50
 
@@ -24,7 +26,7 @@ async def ready_workers(aclient) -> list[str]:
     names = await live_workers(aclient)
     pipe = aclient.pipeline(transaction=False)
     for n in names:
-        pipe.hget(keys.worker(n), "ready")
+        pipe.hget(keys.worker(n), HeartbeatField.ready)
     flags = await pipe.execute() if names else []
     return [n for n, ready in zip(names, flags, strict=True) if ready != b"0"]
 
@@ -42,22 +44,22 @@ async def collect(aclient) -> dict:
     workers = {}
     for n, h in zip(names, res[: len(names)], strict=True):
         if h:
+            hb = Heartbeat.decode(n, None, h)
             workers[n] = {
-                "processes": int(h.get(b"processes", 0)),
-                "busy": int(h.get(b"busy", 0)),
-                "queues": h.get(b"queues", b"").decode().split(","),
-                "ready": h.get(b"ready") != b"0",
-                "reason": h.get(b"reason", b"").decode(),
+                "processes": hb.processes,
+                "busy": hb.busy,
+                "queues": hb.queues,
+                "ready": hb.ready,
+                "reason": hb.reason,
             }
     scaler_h, decisions_raw, ledger_h = res[len(names) :]
-    scaler = {"desired": None, "actual": None, "decisions": []}
+    scaler: dict[str, Any] = {"desired": None, "actual": None, "decisions": []}
     if scaler_h:
         scaler["desired"] = int(scaler_h.get(b"desired", 0))
         scaler["actual"] = int(scaler_h.get(b"actual", 0))
         scaler["updated"] = float(scaler_h.get(b"updated", 0))
     scaler["decisions"] = [orjson.loads(d) for d in reversed(decisions_raw)]
-    ledger = {k.decode(): int(v) for k, v in ledger_h.items()}
-    ledger["in_flight"] = ledger.get("accepted", 0) - ledger.get("succeeded", 0) - ledger.get("failed", 0)
+    ledger = decode_ledger(ledger_h)
     return {
         "time": snap.taken_at,
         "queues": {q: {"depth": s.depth, "oldest_age_s": round(s.oldest_age_s, 4)} for q, s in snap.queues.items()},

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from inferpool import keys, queues
+from inferpool.records import Heartbeat
 from scaler.policy import Observation
 
 RATE_LONG_S = 15.0  # steady window: at 12 tasks/s a 15 s count has ~7% Poisson noise
@@ -240,16 +241,10 @@ class SignalReader:
             pipe.hgetall(keys.worker(n.decode()))
         out = []
         for n, h in zip(names, pipe.execute(), strict=True):
-            if not h or self.queue not in h.get(b"queues", b"").decode().split(","):
+            if not h:
                 continue
-            out.append(
-                WorkerView(
-                    name=n.decode(),
-                    host=h.get(b"host", b"").decode(),
-                    pid=int(h.get(b"pid", 0)),
-                    processes=int(h.get(b"processes", 0)),
-                    busy=int(h.get(b"busy", 0)),
-                    updated=float(h.get(b"updated", 0)),
-                )
-            )
+            hb = Heartbeat.decode(n, None, h)
+            if self.queue not in hb.queues:
+                continue
+            out.append(WorkerView(hb.name, hb.host, hb.pid, hb.processes, hb.busy, hb.updated))
         return tuple(sorted(out))

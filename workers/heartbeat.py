@@ -19,6 +19,7 @@ from celery.signals import worker_ready, worker_shutdown
 from celery.worker import state as worker_state
 
 from inferpool import keys
+from inferpool.records import encode_heartbeat
 from inferpool.redis_client import sync_client
 from inferpool.settings import get_settings
 from workers.serving import gate
@@ -44,9 +45,11 @@ def _beat(consumer: Any) -> None:
             pipe.hset(
                 keys.worker(name),
                 mapping={
-                    "processes": processes, "busy": len(worker_state.active_requests),
-                    "queues": ",".join(gate.serving()), "ready": int(gate.ready), "reason": gate.reason,
-                    "pid": os.getpid(), "host": socket.gethostname(), "updated": now, **extra_fields,
+                    **encode_heartbeat(
+                        processes, len(worker_state.active_requests), list(gate.serving()), gate.ready, gate.reason,
+                        os.getpid(), socket.gethostname(), now,
+                    ),
+                    **extra_fields,
                 },
             )  # fmt: skip
             pipe.expire(keys.worker(name), int(keys.WORKER_STALE_S) * 2)

@@ -31,6 +31,7 @@ from celery.signals import (
 )
 
 from inferpool import metrics, telemetry
+from inferpool.records import HeartbeatField
 from inferpool.settings import get_settings
 from workers import heartbeat
 
@@ -94,7 +95,7 @@ def _start_server(sender: Any = None, **_: Any) -> None:
         logger.error("worker metrics server failed to start: %s", exc)
         return
     _server.append(server)
-    heartbeat.extra_fields["metrics"] = f"{advertised_host(s.api_host, s.redis_url)}:{server.port}"
+    heartbeat.extra_fields[HeartbeatField.metrics] = f"{advertised_host(s.api_host, s.redis_url)}:{server.port}"
     logger.info("worker metrics at %s/metrics", server.url)
 
 

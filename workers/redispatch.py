@@ -28,10 +28,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import redis
 from celery.signals import worker_ready, worker_shutdown
 
 from inferpool import keys
-from inferpool.publish import chunk_rows, chunk_spec, send_predict
+from inferpool.publish import send_predict
+from inferpool.records import ENDED, JobField, LedgerField, chunk_rows, chunk_spec
 from inferpool.redis_client import sync_client
 from inferpool.scripts import FindMessages, ReleaseLock
 from inferpool.settings import Settings, get_settings
@@ -55,7 +57,7 @@ class SweepReport:
     resent: int = 0
 
 
-def find_messages(client: Any, task_ids: list[str], queues: tuple[str, ...] = keys.ALL_QUEUES) -> set[str]:
+def find_messages(client: redis.Redis, task_ids: list[str], queues: tuple[str, ...] = keys.ALL_QUEUES) -> set[str]:
     """Which of ``task_ids`` have a message on one of ``queues`` or held (unacked) by a worker.
 
     Lists are read page by page from the newest end, queues before the unacked hash: a message that
@@ -78,12 +80,12 @@ def find_messages(client: Any, task_ids: list[str], queues: tuple[str, ...] = ke
     return found
 
 
-def _job_pieces(client: Any, job_id: str, default_chunk_rows: int) -> dict[str, dict] | None:
+def _job_pieces(client: redis.Redis, job_id: str, default_chunk_rows: int) -> dict[str, dict] | None:
     """Task id -> message spec of each chunk of the job not yet done; None when the job has ended or expired."""
     status, n, n_chunks, work_ms, per_chunk = client.hmget(
-        keys.job(job_id), ["status", "n_rows", "n_chunks", "work_ms", "chunk_rows"]
+        keys.job(job_id), [JobField.status, JobField.n_rows, JobField.n_chunks, JobField.work_ms, JobField.chunk_rows]
     )
-    if None in (status, n, n_chunks, work_ms) or status.decode() in ("succeeded", "failed"):
+    if None in (status, n, n_chunks, work_ms) or status.decode() in ENDED:
         return None
     done = {int(c) for c in client.smembers(keys.job_done_chunks(job_id))}
     rows_per_chunk = int(per_chunk) if per_chunk else default_chunk_rows
@@ -136,7 +138,7 @@ def sweep(client: Any, s: Settings, now: float) -> SweepReport:
         # Each entry's clock starts again: a resent piece gets a full visibility timeout to show progress.
         client.zadd(keys.INFLIGHT, dict.fromkeys(watched, now), xx=True)
     if report.resent:
-        client.hincrby(keys.LEDGER, "redispatched", report.resent)
+        client.hincrby(keys.LEDGER, LedgerField.redispatched, report.resent)
         logger.warning("re-dispatched %d lost message(s) of %d stalled job(s)/task(s)", report.resent, report.stalled)
     return report
 

@@ -19,13 +19,13 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
-import orjson
 import redis
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from inferpool import codec, drift, keys, metrics
 from inferpool.celery_config import soft_time_limit_s
 from inferpool.publish import TASK_PREDICT, TASK_PREDICT_ONLINE
+from inferpool.records import LedgerField, encode_failure, encode_reply
 from inferpool.scripts import FailJob, FinishChunk, FinishInline, StartChunk
 from inferpool.settings import get_settings
 from workers.app import app
@@ -105,7 +105,7 @@ class _Scripts:
 _scripts: _Scripts | None = None
 
 
-def _scripts_of(rt: Any) -> _Scripts:
+def _scripts_of(rt: Runtime) -> _Scripts:
     global _scripts
     if _scripts is None or _scripts.client is not rt.redis:
         _scripts = _Scripts(rt.redis)
@@ -136,7 +136,7 @@ def _predict(self: Any, spec: dict[str, Any]) -> None:
             # Simulated extra inference time: it occupies this process, as real compute would.
             time.sleep(spec["work_ms"] / 1000.0)
     except _ChunkDone:
-        _quietly(rt.redis.hincrby, keys.LEDGER, "duplicates", 1)
+        _quietly(rt.redis.hincrby, keys.LEDGER, LedgerField.duplicates, 1)
         metrics.DUPLICATES.inc()
         return
     except Exception as exc:
@@ -202,17 +202,17 @@ def _quietly(fn: Callable[..., Any], *args: Any) -> None:
         logger.debug("skipped %s: %s", getattr(fn, "__name__", fn), exc)
 
 
-def _count_redelivery(rt: Any, queue: str) -> None:
+def _count_redelivery(rt: Runtime, queue: str) -> None:
     # kombu flags a message it put back (visibility timeout passed, or its worker was lost).
     metrics.TASKS_REDELIVERED.labels(queue=queue).inc()
-    _quietly(rt.redis.hincrby, keys.LEDGER, "redelivered", 1)
+    _quietly(rt.redis.hincrby, keys.LEDGER, LedgerField.redelivered, 1)
 
 
 class _ChunkDone(Exception):
     """A redelivered copy of a chunk whose first run finished and freed its rows: a duplicate."""
 
 
-def _load_rows(spec: dict[str, Any], rt: Any) -> Any:
+def _load_rows(spec: dict[str, Any], rt: Runtime) -> np.ndarray:
     n_features = rt.manifest.n_features
     if not spec.get("n"):
         return np.empty((0, n_features), dtype=codec.ROW_DTYPE)
@@ -231,7 +231,9 @@ def _samples_key(spec: dict) -> str:
     return keys.task_samples(queue) if queue else ""
 
 
-def _finish_chunk(spec: dict, rt: Any, preds: Any, wait_s: float, run_s: float, now: float, ttl: int) -> None:
+def _finish_chunk(
+    spec: dict, rt: Runtime, preds: np.ndarray, wait_s: float, run_s: float, now: float, ttl: int
+) -> None:
     job_id, chunk = spec["job"], spec["chunk"]
     done = _scripts_of(rt).finish_chunk(
         keys=[keys.job(job_id), keys.job_done_chunks(job_id), keys.LEDGER, keys.job_input(job_id, chunk),
@@ -244,12 +246,10 @@ def _finish_chunk(spec: dict, rt: Any, preds: Any, wait_s: float, run_s: float, 
     metrics.TASKS_COMPLETED.labels(queue=spec.get("queue", ""), outcome="success").inc()
 
 
-def _finish_inline(spec: dict, rt: Any, preds: Any, enq: float, start: float, end: float, ttl: int) -> None:
-    payload = orjson.dumps(
-        {"id": spec["id"], "p": preds.tolist(), "v": rt.manifest.version, "enq": enq, "start": start, "end": end}
-    )
+def _finish_inline(spec: dict, rt: Runtime, preds: np.ndarray, enq: float, start: float, end: float, ttl: int) -> None:
+    payload = encode_reply(spec["id"], preds.tolist(), rt.manifest.version, enq, start, end)
     first = _scripts_of(rt).finish_inline(
-        *_finish_inline_args(spec, payload, ttl, "succeeded", start - enq, end - start)
+        *_finish_inline_args(spec, payload, ttl, LedgerField.succeeded, start - enq, end - start)
     )
     if not first:
         metrics.DUPLICATES.inc()
@@ -270,7 +270,7 @@ def _finish_inline_args(
     )  # fmt: skip
 
 
-def _report_failure(spec: dict, rt: Any, error: str) -> None:
+def _report_failure(spec: dict, rt: Runtime, error: str) -> None:
     s = get_settings()
     if spec.get("job"):
         _scripts_of(rt).fail_job(
@@ -278,5 +278,5 @@ def _report_failure(spec: dict, rt: Any, error: str) -> None:
             args=[error, time.time(), keys.inflight_job(spec["job"])],
         )
         return
-    payload = orjson.dumps({"id": spec["id"], "error": error})
-    _scripts_of(rt).finish_inline(*_finish_inline_args(spec, payload, s.result_ttl_s, "failed"))
+    payload = encode_failure(spec["id"], error)
+    _scripts_of(rt).finish_inline(*_finish_inline_args(spec, payload, s.result_ttl_s, LedgerField.failed))
