@@ -61,6 +61,7 @@ test: install tools
 	$(PY) -m pytest
 
 # lint-imports: the layer contracts in pyproject.toml ([tool.importlinter]); a wrong-way import fails.
+# mypy: the shared core (inferpool/), settings in pyproject.toml ([tool.mypy]).
 # deptry twice: the whole tree (tests and benchmarks too) imports only declared packages; the application
 # packages alone import nothing that only the dev extra brings.
 lint: install
@@ -69,6 +70,7 @@ lint: install
 	$(BIN)/deptry . --ignore DEP004
 	$(BIN)/deptry . --extend-exclude "tests|bench"
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 format: install
 	$(BIN)/ruff format .
