@@ -15,7 +15,7 @@ from api.quota import Quotas
 from inferpool import keys, queues, redis_fit, status
 from inferpool.errors import BrokerUnavailable, ModelError, Overloaded
 from inferpool.model_store import Manifest, read_manifest
-from inferpool.records import HeartbeatField
+from inferpool.records import HeartbeatField, TaskSample, service_time_s
 from inferpool.redis_client import sync_client
 from inferpool.settings import Settings
 
@@ -109,8 +109,7 @@ class ApiState:
                     processes[q] += int(procs)
         service = {}
         for q, entries in zip(keys.ALL_QUEUES, res[len(names) :], strict=True):
-            runs = [float(fields[b"r"]) for _, fields in entries if b"r" in fields]
-            service[q] = sum(runs) / len(runs) if runs else 0.0
+            service[q] = service_time_s([TaskSample.decode(fields) for _, fields in entries]) or 0.0
         return Capacity(processes, service)
 
     def queue_wait_s(self, snap: queues.Snapshot, queue: str) -> float:

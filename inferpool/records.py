@@ -282,3 +282,31 @@ class Heartbeat:
     @property
     def metrics(self) -> str | None:
         return self.fields.get(HeartbeatField.metrics)
+
+
+def _number(v: bytes | None) -> float | None:
+    try:
+        return float(v) if v is not None else None
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSample:
+    """One finished task in its queue's samples stream (``keys.task_samples``), appended by the finishing
+    scripts (``scripts.FinishChunk``, ``scripts.FinishInline``): ``w`` its queue wait and ``r`` its run
+    time, in seconds; the entry id is its finish time in ms on Redis's clock."""
+
+    wait_s: float  # 0.0 when missing or unreadable
+    run_s: float | None  # None when missing or unreadable
+
+    @classmethod
+    def decode(cls, fields: Mapping[bytes, bytes]) -> TaskSample:
+        return cls(_number(fields.get(b"w")) or 0.0, _number(fields.get(b"r")))
+
+
+def service_time_s(samples: list[TaskSample]) -> float | None:
+    """The service-time estimate the API's backpressure and the scaler share: the mean run time of
+    ``samples`` (each caller picks its own: the API the newest few per queue, the scaler a time window)."""
+    runs = [s.run_s for s in samples if s.run_s is not None]
+    return sum(runs) / len(runs) if runs else None

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from inferpool import keys, queues
-from inferpool.records import Heartbeat
+from inferpool.records import Heartbeat, TaskSample, service_time_s
 from scaler.policy import Observation
 
 RATE_LONG_S = 15.0  # steady window: at 12 tasks/s a 15 s count has ~7% Poisson noise
@@ -110,8 +110,7 @@ class TaskSamples:
         return float(np.percentile(waits, q)) if waits else None
 
     def mean_run(self, now_s: float, window_s: float = SERVICE_WINDOW_S) -> float | None:
-        runs = self._since(now_s - window_s, 2)
-        return sum(runs) / len(runs) if runs else None
+        return service_time_s([TaskSample(0.0, run) for run in self._since(now_s - window_s, 2)])
 
 
 class WorkerView(NamedTuple):
@@ -166,13 +165,6 @@ def _stream_ms(entry_id: bytes) -> int:
     return int(entry_id.split(b"-", 1)[0])
 
 
-def _float(fields: dict[bytes, bytes], name: bytes) -> float:
-    try:
-        return float(fields.get(name, b"0"))
-    except ValueError:
-        return 0.0
-
-
 class SignalReader:
     """Reads a :class:`Signal` each tick; keeps the rate and sample history between reads.
 
@@ -205,7 +197,8 @@ class SignalReader:
             entries = list(reversed(entries))
         new_latencies = []
         for entry_id, fields in entries:
-            wait_s, run_s = _float(fields, b"w"), _float(fields, b"r")
+            sample = TaskSample.decode(fields)
+            wait_s, run_s = sample.wait_s, sample.run_s or 0.0
             self.samples.add(_stream_ms(entry_id) / 1000.0, wait_s, run_s)
             new_latencies.append(wait_s + run_s)
         if entries:
