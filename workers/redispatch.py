@@ -21,7 +21,6 @@ a counted duplicate; nothing is ever resent while its message can still run.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from typing import Any
 
 import orjson
 import redis
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_ready
 
 from inferpool import keys
 from inferpool.publish import send_predict
@@ -37,6 +36,7 @@ from inferpool.records import ENDED, JobField, LedgerField, chunk_rows, chunk_sp
 from inferpool.redis_client import sync_client
 from inferpool.scripts import FindMessages, ReleaseLock
 from inferpool.settings import Settings, get_settings
+from workers.ticker import Ticker
 
 logger = logging.getLogger(__name__)
 
@@ -163,28 +163,16 @@ class SweepLock:
         return bool(self._release(keys=[keys.REDISPATCH_LOCK], args=[self.token]))
 
 
-_stop = threading.Event()
-
-
-def _run(hostname: str) -> None:
-    s = get_settings()
-    lock = SweepLock(sync_client(s.redis_url), hostname)
-    while not _stop.wait(s.redispatch_interval_s):
+def _sweep_if_first(lock: SweepLock, s: Settings) -> None:
+    if lock.acquire():
         try:
-            if lock.acquire():
-                try:
-                    sweep(lock.client, s, time.time())
-                finally:
-                    lock.release()
-        except Exception as exc:  # Redis restarting: the next interval tries again.
-            logger.debug("re-dispatch sweep failed: %s", exc)
+            sweep(lock.client, s, time.time())
+        finally:
+            lock.release()
 
 
 @worker_ready.connect
 def _start(sender: Any = None, **_: Any) -> None:
-    threading.Thread(target=_run, args=(sender.hostname,), name="inferpool-redispatch", daemon=True).start()
-
-
-@worker_shutdown.connect
-def _shutdown(**_: Any) -> None:
-    _stop.set()
+    s = get_settings()
+    lock = SweepLock(sync_client(s.redis_url), sender.hostname)
+    Ticker("inferpool-redispatch", s.redispatch_interval_s).start(lambda: _sweep_if_first(lock, s))
