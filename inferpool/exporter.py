@@ -28,13 +28,13 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import orjson
 import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from inferpool import drift, feedback, keys, model_store, queues
+from inferpool import drift, feedback, keys, model_store, queues, status
 from inferpool.drift import cache as drift_cache
 from inferpool.drift.metrics import concept_families, drift_families
 from inferpool.errors import ModelError
@@ -51,19 +51,6 @@ logger = logging.getLogger(__name__)
 # A worker whose heartbeat is older than keys.WORKER_STALE_S reads up=0; after this
 # long without one it leaves the per-worker series altogether.
 WORKER_GONE_S = 60.0
-
-
-def workers_seen(client: redis.Redis, since: float) -> list[Heartbeat]:
-    """Every worker whose last heartbeat is at or after ``since`` (epoch s), with its heartbeat hash.
-
-    Two round trips: the names, then their hashes (a hash gone meanwhile reads empty: not live).
-    """
-    seen = cast(list[tuple[bytes, float]], client.zrangebyscore(keys.WORKERS, since, "+inf", withscores=True))
-    pipe = client.pipeline(transaction=False)
-    for name, _ in seen:
-        pipe.hgetall(keys.worker(name.decode()))
-    hashes = pipe.execute() if seen else []
-    return [Heartbeat.decode(name, beat, raw) for (name, beat), raw in zip(seen, hashes, strict=True)]
 
 
 class ClusterCollector:
@@ -95,7 +82,7 @@ class ClusterCollector:
         pipe.lrange(keys.FEEDBACK, 0, self.settings.drift_accuracy_window - 1)
         ledger_raw, feedback_raw = pipe.execute()
         ledger = {k.decode(): int(v) for k, v in ledger_raw.items()}
-        return snap, ledger, workers_seen(self.client, snap.taken_at - self.worker_gone_s), feedback_raw
+        return snap, ledger, status.heartbeats(self.client, snap.taken_at - self.worker_gone_s), feedback_raw
 
     def drift_report(self, manifest: model_store.Manifest) -> drift.DriftReport:
         """The window's report, shared with the drift route for ``INFERPOOL_DRIFT_CACHE_S``."""
@@ -106,7 +93,7 @@ class ClusterCollector:
         """Live workers' metrics endpoints, as Prometheus ``http_sd_configs`` expects them."""
         now = time.time()
         out = []
-        for w in workers_seen(self.client, now - keys.WORKER_STALE_S):
+        for w in status.heartbeats(self.client):
             addr = w.metrics
             if addr and w.live(now):
                 out.append({"targets": [addr], "labels": {"worker": w.name}})

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from inferpool import keys, queues
+from inferpool import keys, queues, status
 from inferpool.records import Heartbeat, TaskSample, service_time_s
 from scaler.policy import Observation
 
@@ -189,8 +189,7 @@ class SignalReader:
             pipe.xrevrange(stream, "+", "-", count=SAMPLES_READ_MAX)
         else:
             pipe.xrange(stream, b"(" + self._last_id, "+", count=SAMPLES_READ_MAX)
-        pipe.zrangebyscore(keys.WORKERS, time.time() - keys.WORKER_STALE_S, "+inf")
-        (secs, micros), unacked, entries, names = pipe.execute()
+        (secs, micros), unacked, entries = pipe.execute()
         now_mono, server_now = self.clock(), secs + micros / 1e6
         first = self._last_id is None
         if first:
@@ -222,22 +221,14 @@ class SignalReader:
             wait_p95_s=self.samples.wait_quantile(server_now),
             latency_p50_s=float(np.median(new_latencies)) if new_latencies and not first else None,
             completed=completed,
-            workers=self._workers(names),
+            workers=self._workers(status.heartbeats(self.client)),
         )
 
-    def _workers(self, names: list[bytes]) -> tuple[WorkerView, ...]:
-        names = [n for n in names if n.decode().startswith(self.prefix)]
-        if not names:
-            return ()
-        pipe = self.client.pipeline(transaction=False)
-        for n in names:
-            pipe.hgetall(keys.worker(n.decode()))
-        out = []
-        for n, h in zip(names, pipe.execute(), strict=True):
-            if not h:
-                continue
-            hb = Heartbeat.decode(n, None, h)
-            if self.queue not in hb.queues:
-                continue
-            out.append(WorkerView(hb.name, hb.host, hb.pid, hb.processes, hb.busy, hb.updated))
-        return tuple(sorted(out))
+    def _workers(self, beats: list[Heartbeat]) -> tuple[WorkerView, ...]:
+        return tuple(
+            sorted(
+                WorkerView(hb.name, hb.host, hb.pid, hb.processes, hb.busy, hb.updated)
+                for hb in beats
+                if hb.name.startswith(self.prefix) and hb.fields and self.queue in hb.queues
+            )
+        )
