@@ -15,14 +15,18 @@ import argparse
 import socket
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inferpool import keys
-from inferpool.records import HeartbeatField
+
+if TYPE_CHECKING:
+    import redis
 
 
-def worker_problem(client: Any, node: str, now: float) -> str | None:
+def worker_problem(client: redis.Redis, node: str, now: float) -> str | None:
     """Why ``node`` does not count as alive, or None."""
+    from inferpool.records import HeartbeatField  # numpy comes with it: not for every `inferpool` start
+
     updated = client.hget(keys.worker(node), HeartbeatField.updated)
     if updated is None:
         return f"no heartbeat from {node}"
@@ -32,7 +36,7 @@ def worker_problem(client: Any, node: str, now: float) -> str | None:
     return None
 
 
-def scaler_problem(client: Any) -> str | None:
+def scaler_problem(client: redis.Redis) -> str | None:
     return None if client.exists(keys.SCALER_HEALTH) else "no scaler health key (the scaler is not ticking)"
 
 

@@ -8,12 +8,30 @@ client, also the benchmarks'), ``runner`` (the generator),
 ``thresholds`` (``--fail-on``: pass/fail on the summary).
 """
 
-from pathlib import Path
+from __future__ import annotations
 
-from loadtest.config import LoadtestConfig, add_loadtest_arguments, add_plot_arguments, config_from_args
-from loadtest.errors import SpecError
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
 from loadtest.extras import needs_extra
-from loadtest.runner import run_loadtest
+
+# Loaded on first use: `inferpool` imports loadtest.extras at every start, and the generator's modules
+# bring numpy (~0.2 s of CPU) that a health check or a worker's start-up should not pay for.
+_LAZY = {
+    "LoadtestConfig": "loadtest.config",
+    "add_loadtest_arguments": "loadtest.config",
+    "add_plot_arguments": "loadtest.config",
+    "config_from_args": "loadtest.config",
+    "SpecError": "loadtest.errors",
+    "run_loadtest": "loadtest.runner",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'loadtest' has no attribute {name!r}")
 
 
 def plot(results_dir: Path) -> Path:

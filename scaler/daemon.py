@@ -23,6 +23,7 @@ from dataclasses import replace
 from typing import Any
 
 import orjson
+import redis
 
 from inferpool import keys
 from inferpool.settings import Settings
@@ -61,7 +62,7 @@ class Scaler:
 
     def __init__(
         self,
-        client: Any,
+        client: redis.Redis,
         reader: SignalReader,
         actuator: Actuator,
         cfg: PolicyConfig,

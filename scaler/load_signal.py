@@ -17,10 +17,12 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
+import redis
 
 from inferpool import keys, queues, status
 from inferpool.records import Heartbeat, TaskSample, service_time_s
@@ -171,7 +173,9 @@ class SignalReader:
     Any Redis error propagates: the daemon logs it and tries again next tick, with history intact.
     """
 
-    def __init__(self, client: Any, queue: str, worker_prefix: str, clock: Any = time.monotonic) -> None:
+    def __init__(
+        self, client: redis.Redis, queue: str, worker_prefix: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.client, self.queue, self.prefix, self.clock = client, queue, worker_prefix, clock
         self.rate = ArrivalRate()
         self.samples = TaskSamples()
