@@ -24,7 +24,7 @@ import orjson
 from inferpool import codec, keys, metrics
 from inferpool.errors import BrokerUnavailable
 from inferpool.publish import BROKER_ERRORS, task_message
-from inferpool.records import Reply, decode_reply, inline_spec
+from inferpool.records import Reply, decode_reply, inflight_batch, inline_spec
 from inferpool.redis_client import async_client
 from inferpool.scripts import PublishPending
 
@@ -67,7 +67,7 @@ class Dispatcher:
             await self._publish_pending(
                 keys=[queue, keys.batch_pending(task_id), keys.batch_result(task_id), keys.LEDGER,
                       keys.batch_spec(task_id), keys.INFLIGHT],
-                args=[message, time.time(), self._ttl, spec["reqs"], orjson.dumps(spec), keys.inflight_batch(task_id)],
+                args=[message, time.time(), self._ttl, spec["reqs"], orjson.dumps(spec), inflight_batch(task_id)],
             )  # fmt: skip
         except BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"cannot reach Redis: {type(exc).__name__}") from exc

@@ -13,7 +13,16 @@ from api.dispatch import Dispatcher
 from api.schemas import JobView, Progress, Timings
 from inferpool import codec, keys
 from inferpool.errors import JobNotFound
-from inferpool.records import JobField, JobRecord, JobStatus, chunk_rows, chunk_spec, decode_reply, new_job
+from inferpool.records import (
+    JobField,
+    JobRecord,
+    JobStatus,
+    chunk_rows,
+    chunk_spec,
+    decode_reply,
+    inflight_job,
+    new_job,
+)
 from inferpool.scripts import AcceptJob
 
 # Hex digits of the tag that makes a slice id unguessable: 128 bits.
@@ -104,7 +113,7 @@ class JobStore:
         tasks = [(keys.chunk_task_id(job_id, k), spec) for k, spec in enumerate(specs)]
         await self.dispatcher.publish_many(tasks, specs[0]["queue"])
         accepted = await self._accept(
-            keys=[keys.job(job_id), keys.LEDGER, keys.INFLIGHT], args=[time.time(), keys.inflight_job(job_id)]
+            keys=[keys.job(job_id), keys.LEDGER, keys.INFLIGHT], args=[time.time(), inflight_job(job_id)]
         )
         if accepted == -1:
             raise JobNotFound(f"job {job_id!r} expired before it was accepted (INFERPOOL_RESULT_TTL_S too short?)")

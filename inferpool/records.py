@@ -7,8 +7,8 @@
 * the **job hash** (:class:`JobField`, :func:`new_job`, :class:`JobRecord`) and its :class:`JobStatus`;
 * the **ledger**, a hash of counters (:class:`LedgerField`, :func:`decode_ledger`);
 * the **heartbeat** of a worker (:class:`Heartbeat`), a hash beside its score in the workers set;
-* the **in-flight entry**: a member of ``keys.INFLIGHT`` (``keys.inflight_job``/``keys.inflight_batch``)
-  scored by its last progress.
+* the **in-flight entry** (:class:`InflightEntry`): a member of ``keys.INFLIGHT`` naming an accepted job
+  or a pollable inline task, scored by its last progress.
 
 Plain dicts, TypedDicts and dataclasses, not pydantic models: specs and replies are built and read on the
 per-request path, whose CPU budget ``inferpool/publish.py`` accounts for. The Lua side of these records
@@ -310,3 +310,36 @@ def service_time_s(samples: list[TaskSample]) -> float | None:
     ``samples`` (each caller picks its own: the API the newest few per queue, the scaler a time window)."""
     runs = [s.run_s for s in samples if s.run_s is not None]
     return sum(runs) / len(runs) if runs else None
+
+
+class InflightKind(StrEnum):
+    job = "job"  # an accepted job (keys.job)
+    batch = "batch"  # a pollable inline task (keys.batch_spec)
+
+
+@dataclass(frozen=True, slots=True)
+class InflightEntry:
+    """A member of the in-flight set (``keys.INFLIGHT``): ``<kind>:<id>``, scored by its last progress."""
+
+    kind: InflightKind
+    ident: str
+
+    def encode(self) -> str:
+        return f"{self.kind.value}:{self.ident}"
+
+    @classmethod
+    def decode(cls, member: bytes) -> InflightEntry | None:
+        """None for a member of no known kind."""
+        kind, _, ident = member.decode().partition(":")
+        try:
+            return cls(InflightKind(kind), ident)
+        except ValueError:
+            return None
+
+
+def inflight_job(job_id: str) -> str:
+    return InflightEntry(InflightKind.job, job_id).encode()
+
+
+def inflight_batch(task_id: str) -> str:
+    return InflightEntry(InflightKind.batch, task_id).encode()

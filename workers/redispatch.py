@@ -32,7 +32,7 @@ from celery.signals import worker_ready
 
 from inferpool import keys
 from inferpool.publish import send_predict
-from inferpool.records import ENDED, JobField, LedgerField, chunk_rows, chunk_spec
+from inferpool.records import ENDED, InflightEntry, InflightKind, JobField, LedgerField, chunk_rows, chunk_spec
 from inferpool.redis_client import sync_client
 from inferpool.scripts import FindMessages, ReleaseLock
 from inferpool.settings import Settings, get_settings
@@ -119,8 +119,13 @@ def sweep(client: Any, s: Settings, now: float) -> SweepReport:
     for member in stalled:
         if len(pieces) >= MAX_PIECES:
             break
-        kind, _, ident = member.decode().partition(":")
-        found = _job_pieces(client, ident, s.job_chunk_rows) if kind == "job" else _batch_piece(client, ident)
+        entry = InflightEntry.decode(member)
+        if entry is None:
+            found = None
+        elif entry.kind is InflightKind.job:
+            found = _job_pieces(client, entry.ident, s.job_chunk_rows)
+        else:
+            found = _batch_piece(client, entry.ident)
         if found is None:
             client.zrem(keys.INFLIGHT, member)
             report.finished += 1

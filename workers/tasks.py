@@ -25,7 +25,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from inferpool import codec, drift, keys, metrics
 from inferpool.celery_config import soft_time_limit_s
 from inferpool.publish import TASK_PREDICT, TASK_PREDICT_ONLINE
-from inferpool.records import LedgerField, encode_failure, encode_reply
+from inferpool.records import LedgerField, encode_failure, encode_reply, inflight_batch, inflight_job
 from inferpool.scripts import FailJob, FinishChunk, FinishInline, StartChunk
 from inferpool.settings import get_settings
 from workers.app import app
@@ -125,7 +125,7 @@ def _predict(self: Any, spec: dict[str, Any]) -> None:
         _count_redelivery(rt, queue)
     if job_id:
         _patiently(
-            _scripts_of(rt).start_chunk, [keys.job(job_id), keys.INFLIGHT], [started, keys.inflight_job(job_id)],
+            _scripts_of(rt).start_chunk, [keys.job(job_id), keys.INFLIGHT], [started, inflight_job(job_id)],
             until=patience,
         )  # fmt: skip
     try:
@@ -238,7 +238,7 @@ def _finish_chunk(
     done = _scripts_of(rt).finish_chunk(
         keys=[keys.job(job_id), keys.job_done_chunks(job_id), keys.LEDGER, keys.job_input(job_id, chunk),
               keys.INFLIGHT, keys.job_output(job_id, chunk), _samples_key(spec)],
-        args=[chunk, len(preds), ttl, now, f"{wait_s:.4f}", f"{run_s:.4f}", keys.inflight_job(job_id),
+        args=[chunk, len(preds), ttl, now, f"{wait_s:.4f}", f"{run_s:.4f}", inflight_job(job_id),
               codec.preds_to_bytes(preds), keys.TASK_SAMPLES_MAXLEN],
     )  # fmt: skip
     if done == -1:
@@ -265,7 +265,7 @@ def _finish_inline_args(
     return (
         [keys.batch_result(task_id), keys.LEDGER, spec.get("reply") or "", keys.batch_pending(task_id),
          keys.batch_spec(task_id), keys.INFLIGHT, samples],
-        [payload, ttl, spec.get("reqs", 1), outcome, keys.inflight_batch(task_id),
+        [payload, ttl, spec.get("reqs", 1), outcome, inflight_batch(task_id),
          f"{max(0.0, wait_s or 0.0):.4f}", f"{run_s or 0.0:.4f}", keys.TASK_SAMPLES_MAXLEN],
     )  # fmt: skip
 
@@ -275,7 +275,7 @@ def _report_failure(spec: dict, rt: Runtime, error: str) -> None:
     if spec.get("job"):
         _scripts_of(rt).fail_job(
             keys=[keys.job(spec["job"]), keys.LEDGER, keys.INFLIGHT],
-            args=[error, time.time(), keys.inflight_job(spec["job"])],
+            args=[error, time.time(), inflight_job(spec["job"])],
         )
         return
     payload = encode_failure(spec["id"], error)
