@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_S = 1.0
 # More fields for the heartbeat hash, set by other modules of the worker (workers.metrics_server: "metrics").
 extra_fields: dict[str, str] = {}
+_ticker = Ticker("inferpool-heartbeat")
 
 
 def _beat(client: redis.Redis, consumer: Any) -> None:
@@ -62,6 +63,4 @@ def _leave(client: redis.Redis, name: str) -> None:
 @worker_ready.connect
 def _start(sender: Any = None, **_: Any) -> None:
     client = sync_client(get_settings().redis_url)
-    Ticker("inferpool-heartbeat", HEARTBEAT_S).start(
-        lambda: _beat(client, sender), on_stop=lambda: _leave(client, sender.hostname)
-    )
+    _ticker.start(HEARTBEAT_S, lambda: _beat(client, sender), on_stop=lambda: _leave(client, sender.hostname))

@@ -168,6 +168,9 @@ class SweepLock:
         return bool(self._release(keys=[keys.REDISPATCH_LOCK], args=[self.token]))
 
 
+_ticker = Ticker("inferpool-redispatch")
+
+
 def _sweep_if_first(lock: SweepLock, s: Settings) -> None:
     if lock.acquire():
         try:
@@ -180,4 +183,4 @@ def _sweep_if_first(lock: SweepLock, s: Settings) -> None:
 def _start(sender: Any = None, **_: Any) -> None:
     s = get_settings()
     lock = SweepLock(sync_client(s.redis_url), sender.hostname)
-    Ticker("inferpool-redispatch", s.redispatch_interval_s).start(lambda: _sweep_if_first(lock, s))
+    _ticker.start(s.redispatch_interval_s, lambda: _sweep_if_first(lock, s))
