@@ -12,6 +12,8 @@ COPY inferpool ./inferpool
 COPY api ./api
 COPY workers ./workers
 COPY scaler ./scaler
+COPY cli ./cli
+COPY loadtest ./loadtest
 RUN pip install --no-deps . && useradd --create-home --uid 10001 inferpool \
     && mkdir -p /models /tmp/inferpool-metrics && chown inferpool /models /tmp/inferpool-metrics
 USER inferpool

@@ -58,7 +58,7 @@ up: install
 	$(BIN)/inferpool up
 
 demo: install
-	$(PY) -m inferpool.demo
+	$(PY) -m cli.demo
 
 test: install tools
 	$(PY) -m pytest
@@ -68,8 +68,10 @@ test: install tools
 # time to recover. Needs root for `ip netns`; skips with the reason otherwise.
 second-host: install tools
 	mkdir -p results
-	$(PY) -m pytest tests/test_second_host.py -v -s -p no:cacheprovider --basetemp=results/second-host
+	$(PY) -m pytest tests/e2e/test_second_host.py -v -s -p no:cacheprovider --basetemp=results/second-host
 
+# lint-imports: the layer contracts in pyproject.toml ([tool.importlinter]); a wrong-way import fails.
+# mypy: the shared core (inferpool/), settings in pyproject.toml ([tool.mypy]).
 # deptry twice: the whole tree (tests and benchmarks too) imports only declared packages; the application
 # packages alone import nothing that only the dev extra brings.
 lint: install
@@ -77,6 +79,8 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/deptry . --ignore DEP004
 	$(BIN)/deptry . --extend-exclude "tests|bench"
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 format: install
 	$(BIN)/ruff format .

@@ -16,7 +16,6 @@ import logging
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,50 +24,13 @@ import orjson
 from inferpool import codec, keys, metrics
 from inferpool.errors import BrokerUnavailable
 from inferpool.publish import BROKER_ERRORS, task_message
+from inferpool.records import Reply, decode_reply, inflight_batch, inline_spec
 from inferpool.redis_client import async_client
+from inferpool.scripts import PublishPending
 
 logger = logging.getLogger(__name__)
 
-# KEYS: queue, pending marker, result, ledger, spec, in-flight set;
-# ARGV: message, now, ttl, requests, spec JSON, in-flight member.
-# The message goes on its queue first; then, once per task (SET NX), the requests count as accepted. The worker
-# counts an outcome only if the marker exists, so a result that got here first (a re-sent copy) is counted here:
-# each request counts as accepted and as succeeded/failed exactly once. Unfinished, the task is kept (rows and
-# all) for the re-dispatcher.
-_PUBLISH_PENDING = """
-redis.call('LPUSH', KEYS[1], ARGV[1])
-if not redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3], 'NX') then return 0 end
-redis.call('HINCRBY', KEYS[4], 'accepted', ARGV[4])
-local r = redis.call('GET', KEYS[3])
-if r then
-  local outcome = cjson.decode(r)['error'] and 'failed' or 'succeeded'
-  redis.call('HINCRBY', KEYS[4], outcome, ARGV[4])
-else
-  redis.call('SET', KEYS[5], ARGV[5], 'EX', ARGV[3])
-  redis.call('ZADD', KEYS[6], ARGV[2], ARGV[6])
-end
-return 1
-"""
 REPLY_POLL_S = 1
-
-
-@dataclass(frozen=True)
-class Reply:
-    task_id: str
-    predictions: np.ndarray | None
-    model_version: str
-    enqueued: float
-    started: float
-    finished: float
-    error: str | None = None
-
-
-def parse_reply(raw: bytes) -> Reply:
-    d = orjson.loads(raw)
-    preds = np.asarray(d["p"], dtype=np.int64) if "p" in d else None
-    return Reply(
-        d["id"], preds, d.get("v", ""), d.get("enq", 0.0), d.get("start", 0.0), d.get("end", 0.0), d.get("error")
-    )
 
 
 class Dispatcher:
@@ -78,7 +40,7 @@ class Dispatcher:
         self._ttl = result_ttl_s
         self._blocking = async_client(redis_url, blocking=True)
         self._async = async_client(redis_url)
-        self._publish_pending = self._async.register_script(_PUBLISH_PENDING)
+        self._publish_pending = PublishPending.register(self._async)
         self._waiting: dict[str, asyncio.Future[Reply]] = {}
         self._reader: asyncio.Task | None = None
         self._stopping = False
@@ -105,7 +67,7 @@ class Dispatcher:
             await self._publish_pending(
                 keys=[queue, keys.batch_pending(task_id), keys.batch_result(task_id), keys.LEDGER,
                       keys.batch_spec(task_id), keys.INFLIGHT],
-                args=[message, time.time(), self._ttl, spec["reqs"], orjson.dumps(spec), keys.inflight_batch(task_id)],
+                args=[message, time.time(), self._ttl, spec["reqs"], orjson.dumps(spec), inflight_batch(task_id)],
             )  # fmt: skip
         except BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"cannot reach Redis: {type(exc).__name__}") from exc
@@ -119,11 +81,9 @@ class Dispatcher:
         ``model_version``: the version the worker must run (``mv``); none means the one ``current`` names.
         """
         task_id = secrets.token_hex(16)  # 128 random bits: it is also the pollable job id of the request
-        spec: dict[str, Any] = {
-            "id": task_id, "n": 0, "work_ms": work_ms, "reply": self.reply_key, "queue": queue, "reqs": reqs,
-        }  # fmt: skip
+        spec = inline_spec(task_id, work_ms, self.reply_key, queue, reqs)
         if rows is not None:
-            spec.update(n=int(rows.shape[0]), rows=codec.rows_to_b64(rows))
+            spec["n"], spec["rows"] = int(rows.shape[0]), codec.rows_to_b64(rows)
         if model_version:
             spec["mv"] = model_version
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
@@ -171,7 +131,7 @@ class Dispatcher:
 
     def _deliver(self, raw: bytes) -> None:
         try:
-            reply = parse_reply(raw)
+            reply = decode_reply(raw)
             fut = self._waiting.pop(reply.task_id, None)
             if fut is not None and not fut.done():
                 fut.set_result(reply)

@@ -22,26 +22,12 @@ from enum import Enum
 
 from inferpool import keys
 from inferpool.errors import InputError
+from inferpool.scripts import ClaimDrop, ClaimRenew, ClaimSwap
 
 logger = logging.getLogger(__name__)
 
 LEASE_S = 30.0
 MAX_KEY_CHARS = 200
-
-# KEYS: claim; ARGV: the value expected, then (swap) a new value and a TTL in ms, or (renew) a TTL in ms.
-_SWAP = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
-"""
-_RENEW = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-"""
-_DROP = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-return redis.call('DEL', KEYS[1])
-"""
 
 
 class ClaimState(Enum):
@@ -74,9 +60,9 @@ class Claims:
         self.redis = aredis
         self.ttl_s = ttl_s
         self.lease_ms = int(lease_s * 1000)
-        self._swap = aredis.register_script(_SWAP)
-        self._renew = aredis.register_script(_RENEW)
-        self._drop = aredis.register_script(_DROP)
+        self._swap = ClaimSwap.register(aredis)
+        self._renew = ClaimRenew.register(aredis)
+        self._drop = ClaimDrop.register(aredis)
 
     async def take(self, key_id: str, idem: str, job_id: str) -> Claim:
         """Claim the key for ``job_id``, or report who holds it."""

@@ -18,6 +18,7 @@ import contextlib
 import logging
 
 from inferpool import keys
+from inferpool.records import InflightEntry, InflightKind, JobField
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ class InflightTtl:
         start = 0
         while True:
             members = await self.redis.zrange(keys.INFLIGHT, start, start + PAGE - 1)
-            jobs = [m.decode()[4:] for m in members if m.startswith(b"job:")]
+            entries = [InflightEntry.decode(m) for m in members]
+            jobs = [e.ident for e in entries if e is not None and e.kind is InflightKind.job]
             if jobs:
                 extended += await self._extend(jobs)
             if len(members) < PAGE:
@@ -74,7 +76,7 @@ class InflightTtl:
     async def _extend(self, job_ids: list[str]) -> int:
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
-            pipe.hget(keys.job(job_id), "n_chunks")
+            pipe.hget(keys.job(job_id), JobField.n_chunks)
         counts = await pipe.execute()
         pipe = self.redis.pipeline(transaction=False)
         alive = 0

@@ -8,35 +8,22 @@ import secrets
 import time
 
 import numpy as np
-import orjson
 
 from api.dispatch import Dispatcher
-from api.schemas import JobStatus, JobView, Progress, Timings
+from api.schemas import JobView, Progress, Timings
 from inferpool import codec, keys
 from inferpool.errors import JobNotFound
-from inferpool.publish import chunk_rows, chunk_spec
-
-# KEYS: job hash, ledger, in-flight set; ARGV: now, in-flight member. A job counts as accepted once all its
-# chunks are on the queue, and only once (HSETNX); one that already finished (its chunks can outrun this call)
-# has its outcome counted here, because the workers count outcomes only of accepted jobs. A failed submit thus
-# leaves the ledger as it was. An unfinished job joins the in-flight set, where the re-dispatcher watches it.
-_ACCEPT_JOB = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if redis.call('HSETNX', KEYS[1], 'accepted', 1) == 0 then return 0 end
-redis.call('HINCRBY', KEYS[2], 'accepted', 1)
-local st = redis.call('HGET', KEYS[1], 'status')
-if st == 'succeeded' or st == 'failed' then
-  redis.call('HINCRBY', KEYS[2], st, 1)
-else
-  redis.call('ZADD', KEYS[3], ARGV[1], ARGV[2])
-end
-return 1
-"""
-
-
-def _f(v: bytes | None) -> float | None:
-    return float(v) if v is not None else None
-
+from inferpool.records import (
+    JobField,
+    JobRecord,
+    JobStatus,
+    chunk_rows,
+    chunk_spec,
+    decode_reply,
+    inflight_job,
+    new_job,
+)
+from inferpool.scripts import AcceptJob
 
 # Hex digits of the tag that makes a slice id unguessable: 128 bits.
 SLICE_TAG_HEX = 32
@@ -50,7 +37,7 @@ class JobStore:
         self, aredis, dispatcher: Dispatcher, chunk_rows: int, ttl_s: int, id_secret: str | None = None
     ) -> None:
         self.redis = aredis
-        self._accept = aredis.register_script(_ACCEPT_JOB)
+        self._accept = AcceptJob.register(aredis)
         self.dispatcher = dispatcher
         self.chunk_rows = chunk_rows
         self.ttl_s = ttl_s
@@ -98,14 +85,8 @@ class JobStore:
         with the same Idempotency-Key finishes it (see ``resume``).
         """
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(
-            keys.job(job_id),
-            mapping={
-                "status": JobStatus.queued.value, "n_rows": n_rows, "n_chunks": n_chunks, "rows_done": 0,
-                "chunks_done": 0, "chunk_rows": self.chunk_rows, "submitted": time.time(), "work_ms": work_ms,
-                "model_version": model_version, "key_id": key_id,
-            },
-        )  # fmt: skip
+        record = new_job(n_rows, n_chunks, self.chunk_rows, work_ms, model_version, key_id, time.time())
+        pipe.hset(keys.job(job_id), mapping=record)
         pipe.expire(keys.job(job_id), self.ttl_s)
         await pipe.execute()
         await self._publish_and_accept(job_id, n_rows, n_chunks, work_ms, model_version)
@@ -119,7 +100,8 @@ class JobStore:
         Its chunks are published again: any that already ran run twice and count as duplicates.
         """
         n, n_chunks, work_ms, accepted, version = await self.redis.hmget(
-            keys.job(job_id), ["n_rows", "n_chunks", "work_ms", "accepted", "model_version"]
+            keys.job(job_id),
+            [JobField.n_rows, JobField.n_chunks, JobField.work_ms, JobField.accepted, JobField.model_version],
         )
         if n is None:
             return False
@@ -136,7 +118,7 @@ class JobStore:
         tasks = [(keys.chunk_task_id(job_id, k), spec) for k, spec in enumerate(specs)]
         await self.dispatcher.publish_many(tasks, specs[0]["queue"])
         accepted = await self._accept(
-            keys=[keys.job(job_id), keys.LEDGER, keys.INFLIGHT], args=[time.time(), keys.inflight_job(job_id)]
+            keys=[keys.job(job_id), keys.LEDGER, keys.INFLIGHT], args=[time.time(), inflight_job(job_id)]
         )
         if accepted == -1:
             raise JobNotFound(f"job {job_id!r} expired before it was accepted (INFERPOOL_RESULT_TTL_S too short?)")
@@ -151,26 +133,24 @@ class JobStore:
         h = await self.redis.hgetall(keys.job(job_id))
         if not h:
             raise JobNotFound(f"no job {job_id!r} (unknown, or its results expired)")
-        h = {k.decode(): v.decode() for k, v in h.items()}
-        if key_id is not None and h.get("key_id", key_id) != key_id:
+        job = JobRecord.decode(h)
+        if job is not None and key_id is not None and job.key_id not in (None, key_id):
             raise JobNotFound(f"no job {job_id!r} (unknown, or its results expired)")
-        if "status" not in h or "n_rows" not in h:
+        if job is None:
             # A hash rebuilt by a late counter update after the job expired: treat it as expired.
             raise JobNotFound(f"no job {job_id!r} (unknown, or its results expired)")
-        status = JobStatus(h["status"])
-        n, n_chunks = int(h["n_rows"]), int(h["n_chunks"])
-        submitted, started, finished = _f(h.get("submitted")), _f(h.get("started")), _f(h.get("finished"))
+        status, submitted, started, finished = job.status, job.submitted, job.started, job.finished
         preds = None
         if status is JobStatus.succeeded and with_predictions:
-            blobs = await self.redis.mget([keys.job_output(job_id, k) for k in range(n_chunks)])
+            blobs = await self.redis.mget([keys.job_output(job_id, k) for k in range(job.n_chunks)])
             if any(b is None for b in blobs):
                 raise JobNotFound(f"results of job {job_id!r} have expired")
             preds = np.concatenate([codec.preds_from_bytes(b) for b in blobs]).tolist()
         return JobView(
             job_id=job_id,
             status=status,
-            progress=Progress(rows_done=int(h.get("rows_done", 0)), rows_total=n),
-            model_version=h.get("model_version"),
+            progress=Progress(rows_done=job.rows_done, rows_total=job.n_rows),
+            model_version=job.model_version,
             timings=Timings(
                 submitted=submitted,
                 started=started,
@@ -179,7 +159,7 @@ class JobStore:
                 run_s=(finished - started) if finished and started else None,
             ),  # fmt: skip
             predictions=preds,
-            error=h.get("error"),
+            error=job.error,
         )
 
     async def _get_inline(self, job_id: str, key_id: str | None) -> JobView:
@@ -201,24 +181,23 @@ class JobStore:
                 job_id=job_id, status=JobStatus.queued, progress=Progress(rows_done=0, rows_total=count),
                 timings=Timings(submitted=float(pending)),
             )  # fmt: skip
-        d = orjson.loads(raw)
-        if "error" in d:
+        reply = decode_reply(raw)
+        if reply.error is not None or reply.predictions is None:
             return JobView(
                 job_id=job_id, status=JobStatus.failed, progress=Progress(rows_done=0, rows_total=count),
-                timings=Timings(), error=d["error"],
+                timings=Timings(), error=reply.error,
             )  # fmt: skip
-        preds = d["p"][offset : offset + count]
         return JobView(
             job_id=job_id,
             status=JobStatus.succeeded,
             progress=Progress(rows_done=count, rows_total=count),
-            model_version=d.get("v"),
+            model_version=reply.model_version,
             timings=Timings(
-                submitted=d["enq"],
-                started=d["start"],
-                finished=d["end"],
-                queue_wait_s=d["start"] - d["enq"],
-                run_s=d["end"] - d["start"],
+                submitted=reply.enqueued,
+                started=reply.started,
+                finished=reply.finished,
+                queue_wait_s=reply.started - reply.enqueued,
+                run_s=reply.finished - reply.started,
             ),  # fmt: skip
-            predictions=preds,
+            predictions=reply.predictions[offset : offset + count].tolist(),
         )

@@ -15,35 +15,8 @@ import time
 
 from api.errors import QuotaExceeded
 from inferpool import keys, metrics
+from inferpool.scripts import QuotaTake
 from inferpool.settings import Settings
-
-# KEYS: one bucket hash per resource; ARGV: now (ms), then per bucket: rate per s, capacity, cost.
-# Returns {0, 0} when charged, else {ms until the costs would pass, bitmask of the buckets short}. Buckets are
-# hashes {t: tokens, ts: ms}, expiring once full again.
-_TAKE = """
-local now = tonumber(ARGV[1])
-local levels, wait, short = {}, 0, 0
-for i, key in ipairs(KEYS) do
-  local rate, cap, cost = tonumber(ARGV[3*i - 1]), tonumber(ARGV[3*i]), tonumber(ARGV[3*i + 1])
-  local h = redis.call('HMGET', key, 't', 'ts')
-  local t = tonumber(h[1]) or cap
-  local ts = tonumber(h[2]) or now
-  t = math.min(cap, t + math.max(0, now - ts) * rate / 1000)
-  levels[i] = t
-  local need = math.min(cost, cap)
-  if t < need then
-    wait = math.max(wait, (need - t) * 1000 / rate)
-    short = short + 2 ^ (i - 1)
-  end
-end
-if wait > 0 then return {math.ceil(wait), short} end
-for i, key in ipairs(KEYS) do
-  local rate, cap, cost = tonumber(ARGV[3*i - 1]), tonumber(ARGV[3*i]), tonumber(ARGV[3*i + 1])
-  redis.call('HSET', key, 't', levels[i] - cost, 'ts', now)
-  redis.call('PEXPIRE', key, math.ceil((cap - levels[i] + cost) * 1000 / rate) + 1000)
-end
-return {0, 0}
-"""
 
 ROWS, WORK_MS = "rows", "work_ms"
 
@@ -58,7 +31,7 @@ class Quotas:
             for r, rate in ((ROWS, settings.quota_rows_per_s), (WORK_MS, settings.quota_work_ms_per_s))
             if rate is not None
         }
-        self._take = aredis.register_script(_TAKE) if self.rates else None
+        self._take = QuotaTake.register(aredis) if self.rates else None
 
     async def charge(self, key_id: str, rows: int, work_ms: int) -> None:
         """Pay for a request, or raise QuotaExceeded. ``rows=work_ms=0`` checks the key is not in debt."""

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict
+
+from inferpool.records import JobStatus
 
 # Strict: "1.5" and true are refused rather than coerced; NaN and Infinity are refused too.
 Feature = Annotated[float, Strict(), Field(allow_inf_nan=False)]
@@ -33,13 +34,6 @@ class CompatRequest(BaseModel):
 
 class CompatResponse(BaseModel):
     prediction: int
-
-
-class JobStatus(StrEnum):
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
 
 
 class JobAccepted(BaseModel):

@@ -16,6 +16,7 @@ from api.rollout import Rollout
 from inferpool import keys, queues, redis_fit, status
 from inferpool.errors import BrokerUnavailable, ModelError, Overloaded
 from inferpool.model_store import Manifest, read_manifest
+from inferpool.records import TaskSample, service_time_s
 from inferpool.redis_client import sync_client
 from inferpool.settings import Settings
 
@@ -96,22 +97,19 @@ class ApiState:
         return snap
 
     async def _read_capacity(self) -> Capacity:
-        names = await status.live_workers(self.redis)
+        beats = await status.aheartbeats(self.redis)
         pipe = self.redis.pipeline(transaction=False)
-        for n in names:
-            pipe.hmget(keys.worker(n), ["processes", "queues"])
         for q in keys.ALL_QUEUES:
             pipe.xrevrange(keys.task_samples(q), count=SERVICE_SAMPLES)
         res = await pipe.execute()
         processes = dict.fromkeys(keys.ALL_QUEUES, 0)
-        for procs, served in res[: len(names)]:
-            for q in (served or b"").decode().split(","):
-                if q in processes and procs:
-                    processes[q] += int(procs)
+        for hb in beats:
+            for q in hb.queues:
+                if q in processes:
+                    processes[q] += hb.processes
         service = {}
-        for q, entries in zip(keys.ALL_QUEUES, res[len(names) :], strict=True):
-            runs = [float(fields[b"r"]) for _, fields in entries if b"r" in fields]
-            service[q] = sum(runs) / len(runs) if runs else 0.0
+        for q, entries in zip(keys.ALL_QUEUES, res, strict=True):
+            service[q] = service_time_s([TaskSample.decode(fields) for _, fields in entries]) or 0.0
         return Capacity(processes, service)
 
     def queue_wait_s(self, snap: queues.Snapshot, queue: str) -> float:

@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import orjson
 
-from inferpool.loadtest.http import JSON, TRANSPORT_ERRORS, HttpClient
+from loadtest.http import JSON, TRANSPORT_ERRORS, HttpClient
 
 LUA = Path(__file__).with_name("predict.lua")
 _UNITS_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}

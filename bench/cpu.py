@@ -90,9 +90,9 @@ def inferpool_role(cmdline: str, parent_role: str | None) -> str:
         return parent_role
     if "celery" in cmdline and " worker " in cmdline:
         return "online worker main" if "inferpool.online" in cmdline else "work worker main"
-    if "inferpool.cli worker" in cmdline:  # before it execs Celery
+    if "cli.main worker" in cmdline:  # before it execs Celery
         return "online worker main" if "--role online" in cmdline else "work worker main"
-    for needle, role in (("redis-server", "redis"), ("inferpool.cli api", "api"), ("scaler", "scaler")):
+    for needle, role in (("redis-server", "redis"), ("cli.main api", "api"), ("scaler", "scaler")):
         if needle in cmdline:
             return role
     if "flower" in cmdline:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from inferpool.local_redis import free_port
+from cli.local_redis import free_port
 
 READY_TIMEOUT_S = 90.0
 
@@ -76,7 +76,7 @@ def inferpool_system(var_dir: Path, model_dir: Path, scaler: bool = False, flowe
         INFERPOOL_AUTH="off",
         **env,
     )
-    argv = [sys.executable, "-m", "inferpool.cli", "up", "--var-dir", str(var_dir)]
+    argv = [sys.executable, "-m", "cli.main", "up", "--var-dir", str(var_dir)]
     if not flower:
         argv.append("--no-flower")
     if not scaler:

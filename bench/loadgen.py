@@ -6,7 +6,7 @@ so more requests are open at a time), then runs, one after the other against it,
 a subprocess whose CPU (user + sys, start-up included, from ``os.wait4``) is divided by the requests
 it sent:
 
-* ``inferpool loadtest`` through the real CLI (``python -m inferpool.cli loadtest ... --route compat``):
+* ``inferpool loadtest`` through the real CLI (``python -m cli.main loadtest ... --route compat``):
   per-request records, status sampling, progress line, files at the end (no plotting);
 * with ``--baseline REF``, the same CLI from git revision REF (e.g. the httpx generator), same run;
 * plain peers with the same kind of open-loop schedule (Poisson arrivals, same rate, mix and
@@ -177,7 +177,7 @@ async def _aiohttp_peer(url: str, schedule: list[tuple[float, bytes]]) -> dict[s
 
 
 async def _raw_peer(url: str, schedule: list[tuple[float, bytes]]) -> dict[str, int]:
-    from inferpool.loadtest.http import TRANSPORT_ERRORS, HttpClient
+    from loadtest.http import TRANSPORT_ERRORS, HttpClient
 
     async with HttpClient(url, timeout_s=PEER_TIMEOUT_S, max_idle=PEER_MAX_IN_FLIGHT) as client:
 
@@ -245,7 +245,7 @@ def run_child(cmd: list[str], *, cwd: Path, env: dict[str, str], stdout: Path, s
 def loadtest_row(name: str, tree: Path, url: str, args: argparse.Namespace, work: Path) -> Row:
     out = work / re.sub(r"\W+", "_", name)
     cmd = [
-        sys.executable, "-m", "inferpool.cli", "loadtest", "--url", url, "--rate", f"{args.rate:g}",
+        sys.executable, "-m", "cli.main", "loadtest", "--url", url, "--rate", f"{args.rate:g}",
         "--duration", f"{args.duration:g}", "--mix", args.mix, "--route", "compat", "--seed", str(args.seed),
         "--out", str(out),
     ]  # fmt: skip

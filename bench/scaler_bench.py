@@ -40,11 +40,11 @@ import httpx
 import redis
 
 from bench.scaler_report import Phase, analyse, table
+from cli.local_redis import LocalRedis, free_port
 from inferpool import keys, model_store
-from inferpool.loadtest import LoadtestConfig, run_loadtest
-from inferpool.loadtest.profile import ProfileKind, ProfileSpec
-from inferpool.local_redis import LocalRedis, free_port
-from scaler.signal import SignalReader
+from loadtest import LoadtestConfig, run_loadtest
+from loadtest.profile import ProfileKind, ProfileSpec
+from scaler.load_signal import SignalReader
 from workers.worker import worker_argv
 
 SEED = 20_240_606
@@ -138,7 +138,7 @@ def stack(policy: Policy, model_dir: Path, var: Path, scaler_log_level: str) -> 
         log = (var / f"{name}.log").open("wb")
         procs.append(subprocess.Popen(argv, env={**env, **port_env, **extra}, stdout=log, stderr=subprocess.STDOUT))
 
-    cli = [sys.executable, "-m", "inferpool.cli"]
+    cli = [sys.executable, "-m", "cli.main"]
     work = worker_argv("work", [keys.QUEUE_WORK], 1, WORKER)
     i = work.index("-c")
     work[i : i + 2] = policy.worker_args

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from inferpool.loadtest import records
+from loadtest import records
 
 WAIT_TARGET_S = 0.1
 RECOVERY_WINDOW_S = 5.0  # p95 queue wait over sliding windows this long

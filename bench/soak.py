@@ -37,8 +37,8 @@ import numpy as np
 import psutil
 
 from bench.harness import inferpool_stack
+from cli.local_redis import LocalRedis
 from inferpool import model_store
-from inferpool.local_redis import LocalRedis
 
 N_FEATURES = 20
 MB = 1024 * 1024

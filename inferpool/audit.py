@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from inferpool import keys
+from inferpool.records import JobField
 
 
 async def record(aclient, job_id: str, key_id: str, model_version: str, rows: int, ttl_s: int) -> None:
@@ -33,7 +34,7 @@ async def query(aclient, since: float, until: float, limit: int = 100) -> list[d
         rec = await aclient.hgetall(keys.audit(job_id))
         if not rec:
             continue
-        status = await aclient.hget(keys.job(job_id), "status")
+        status = await aclient.hget(keys.job(job_id), JobField.status)
         d = {k.decode(): v.decode() for k, v in rec.items()}
         d["outcome"] = status.decode() if status else "expired"
         d["rows"] = int(d["rows"])

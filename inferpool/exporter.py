@@ -27,7 +27,6 @@ import signal
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +34,11 @@ import orjson
 import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from inferpool import drift, feedback, keys, model_store, queues
+from inferpool import drift, feedback, keys, model_store, queues, status
 from inferpool.drift import cache as drift_cache
 from inferpool.drift.metrics import concept_families, drift_families
 from inferpool.errors import ModelError
+from inferpool.records import Heartbeat, LedgerField, in_flight
 from inferpool.settings import Settings, get_settings
 from inferpool.telemetry import MetricsServer, serve
 
@@ -51,38 +51,6 @@ logger = logging.getLogger(__name__)
 # A worker whose heartbeat is older than keys.WORKER_STALE_S reads up=0; after this
 # long without one it leaves the per-worker series altogether.
 WORKER_GONE_S = 60.0
-
-# KEYS[1]: the workers sorted set. ARGV[1]: oldest heartbeat kept, ARGV[2]: heartbeat hash prefix.
-# Returns name, last heartbeat, hash fields, ... for every worker seen since ARGV[1].
-_WORKERS_LUA = """
-local seen = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf', 'WITHSCORES')
-local out = {}
-for i = 1, #seen, 2 do
-  out[#out + 1] = seen[i]
-  out[#out + 1] = seen[i + 1]
-  out[#out + 1] = redis.call('HGETALL', ARGV[2] .. seen[i])
-end
-return out
-"""
-
-
-@dataclass(frozen=True)
-class WorkerSeen:
-    name: str
-    last_beat: float
-    fields: dict[str, str]
-
-    def live(self, now: float) -> bool:
-        return now - self.last_beat <= keys.WORKER_STALE_S and bool(self.fields)
-
-
-def _decode_workers(flat: list) -> list[WorkerSeen]:
-    out = []
-    for i in range(0, len(flat), 3):
-        raw = flat[i + 2]
-        fields = {raw[j].decode(): raw[j + 1].decode() for j in range(0, len(raw), 2)}
-        out.append(WorkerSeen(flat[i].decode(), float(flat[i + 1]), fields))
-    return out
 
 
 class ClusterCollector:
@@ -106,16 +74,15 @@ class ClusterCollector:
             self._manifest = None
         return self._manifest
 
-    def read(self) -> tuple[queues.Snapshot, dict[str, int], list[WorkerSeen], list[bytes]]:
+    def read(self) -> tuple[queues.Snapshot, dict[str, int], list[Heartbeat], list[bytes]]:
         """Queues, ledger, workers and the newest labelled predictions (drift is read by ``drift_report``)."""
         snap = queues.snapshot(self.client)
         pipe = self.client.pipeline(transaction=True)
         pipe.hgetall(keys.LEDGER)
-        pipe.eval(_WORKERS_LUA, 1, keys.WORKERS, snap.taken_at - self.worker_gone_s, keys.worker(""))
         pipe.lrange(keys.FEEDBACK, 0, self.settings.drift_accuracy_window - 1)
-        ledger_raw, workers_raw, feedback_raw = pipe.execute()
+        ledger_raw, feedback_raw = pipe.execute()
         ledger = {k.decode(): int(v) for k, v in ledger_raw.items()}
-        return snap, ledger, _decode_workers(workers_raw), feedback_raw
+        return snap, ledger, status.heartbeats(self.client, snap.taken_at - self.worker_gone_s), feedback_raw
 
     def drift_report(self, manifest: model_store.Manifest) -> drift.DriftReport:
         """The window's report, shared with the drift route for ``INFERPOOL_DRIFT_CACHE_S``."""
@@ -126,10 +93,8 @@ class ClusterCollector:
         """Live workers' metrics endpoints, as Prometheus ``http_sd_configs`` expects them."""
         now = time.time()
         out = []
-        for w in _decode_workers(
-            self.client.eval(_WORKERS_LUA, 1, keys.WORKERS, now - keys.WORKER_STALE_S, keys.worker(""))
-        ):
-            addr = w.fields.get("metrics")
+        for w in status.heartbeats(self.client):
+            addr = w.metrics
             if addr and w.live(now):
                 out.append({"targets": [addr], "labels": {"worker": w.name}})
         return out
@@ -220,15 +185,15 @@ class ClusterCollector:
         redelivered = CounterMetricFamily(
             "inferpool_messages_redelivered", "Messages workers received a second time (kombu's redelivered flag)"
         )
-        redelivered.add_metric([], ledger.get("redelivered", 0))
+        redelivered.add_metric([], ledger.get(LedgerField.redelivered, 0))
         yield redelivered
         redispatched = CounterMetricFamily(
             "inferpool_messages_redispatched", "Lost messages (on no queue, held by no worker) published again"
         )
-        redispatched.add_metric([], ledger.get("redispatched", 0))
+        redispatched.add_metric([], ledger.get(LedgerField.redispatched, 0))
         yield redispatched
 
-    def _worker_families(self, workers: list[WorkerSeen], now: float) -> Iterator[Metric]:
+    def _worker_families(self, workers: list[Heartbeat], now: float) -> Iterator[Metric]:
         up = GaugeMetricFamily("inferpool_worker_up", "1 while the worker's heartbeat is fresh", labels=["worker"])
         procs = GaugeMetricFamily(
             "inferpool_worker_pool_processes", "Pool processes of a live worker", labels=["worker"]
@@ -240,27 +205,27 @@ class ClusterCollector:
             live += alive
             up.add_metric([w.name], 1 if alive else 0)
             if alive:
-                procs.add_metric([w.name], int(w.fields.get("processes", 0)))
-                busy.add_metric([w.name], int(w.fields.get("busy", 0)))
+                procs.add_metric([w.name], w.processes)
+                busy.add_metric([w.name], w.busy)
         n = GaugeMetricFamily("inferpool_live_workers", "Workers with a fresh heartbeat")
         n.add_metric([], live)
         yield from (up, procs, busy, n)
 
     def _ledger_families(self, ledger: dict[str, int]) -> Iterator[Metric]:
         for field, help_ in (
-            ("accepted", "Jobs (and predict requests) accepted"),
-            ("succeeded", "Jobs whose every result was written, counted once"),
-            ("failed", "Jobs that failed, counted once"),
-            ("duplicates", "Completions of work already done (a redelivered task run again)"),
+            (LedgerField.accepted, "Jobs (and predict requests) accepted"),
+            (LedgerField.succeeded, "Jobs whose every result was written, counted once"),
+            (LedgerField.failed, "Jobs that failed, counted once"),
+            (LedgerField.duplicates, "Completions of work already done (a redelivered task run again)"),
         ):
-            name = f"inferpool_ledger_{'duplicate_completions' if field == 'duplicates' else 'jobs_' + field}"
+            name = f"inferpool_ledger_{'duplicate_completions' if field == LedgerField.duplicates else 'jobs_' + field}"
             fam = CounterMetricFamily(name, help_)
             fam.add_metric([], ledger.get(field, 0))
             yield fam
         flight = GaugeMetricFamily(
             "inferpool_ledger_in_flight_jobs", "Accepted minus succeeded minus failed: lost work shows here"
         )
-        flight.add_metric([], ledger.get("accepted", 0) - ledger.get("succeeded", 0) - ledger.get("failed", 0))
+        flight.add_metric([], in_flight(ledger))
         yield flight
 
 

@@ -88,14 +88,6 @@ REDISPATCH_LOCK = f"{PREFIX}:redispatch:lock"
 JOB_ID_SECRET = f"{PREFIX}:job-id-secret"
 
 
-def inflight_job(job_id: str) -> str:
-    return f"job:{job_id}"
-
-
-def inflight_batch(task_id: str) -> str:
-    return f"batch:{task_id}"
-
-
 def chunk_task_id(job_id: str, chunk: int) -> str:
     return f"{job_id}-{chunk}"
 

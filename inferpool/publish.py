@@ -85,21 +85,3 @@ def send_predict(client: redis.Redis, task_id: str, spec: dict[str, Any], queue:
     except BROKER_ERRORS as exc:
         raise BrokerUnavailable(f"cannot reach Redis: {type(exc).__name__}") from exc
     metrics.TASKS_ENQUEUED.labels(queue=queue).inc()
-
-
-def chunk_rows(n_rows: int, rows_per_chunk: int, chunk: int) -> int:
-    """How many of a job's ``n_rows`` rows its chunk number ``chunk`` holds."""
-    return min(rows_per_chunk, n_rows - chunk * rows_per_chunk)
-
-
-def chunk_spec(job_id: str, chunk: int, n_rows: int, work_ms: int, model_version: str | None = None) -> dict[str, Any]:
-    """The message of one job chunk: a reference to its rows in Redis, never the rows themselves.
-
-    Chunks carrying simulated work share the work queue with heavy requests; plain ones go to bulk. Every
-    chunk of a job names the job's model version (``mv``), so a job never mixes two versions.
-    """
-    queue = keys.QUEUE_WORK if work_ms else keys.QUEUE_BULK
-    spec = {"id": f"{job_id}:{chunk}", "job": job_id, "chunk": chunk, "n": n_rows, "work_ms": work_ms, "queue": queue}
-    if model_version:
-        spec["mv"] = model_version
-    return spec

@@ -10,6 +10,7 @@ Registering never changes what is served: ``promote`` (or a rollout reaching 100
 from __future__ import annotations
 
 import getpass
+import importlib.util
 import json
 import os
 import tempfile
@@ -21,7 +22,6 @@ import numpy as np
 
 from inferpool import model_store
 from inferpool.errors import ModelError, RolloutError
-from inferpool.extras import require
 
 REGISTRY_FILE = "registry.json"
 MLFLOW_SCHEME = "models:/"
@@ -143,7 +143,8 @@ def register(
     """Register a local joblib file or an MLflow ``models:/name/version`` URI; never promotes it."""
     if not source.startswith(MLFLOW_SCHEME):
         return model_store.register_model(Path(source), X_train, y_train, model_dir, runtime, promote=False)
-    require("mlflow", f"registering {source}")
+    if importlib.util.find_spec("mlflow") is None:  # an optional extra: say which, before any work
+        raise RolloutError(f"registering {source} needs the 'mlflow' extra: pip install 'inferpool[mlflow]'")
     import joblib
     import mlflow.sklearn
 

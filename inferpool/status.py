@@ -3,61 +3,87 @@
 from __future__ import annotations
 
 import time
+from typing import Any, cast
 
 import orjson
+import redis
+import redis.asyncio
 
 from inferpool import keys, queues
+from inferpool.records import Heartbeat, decode_ledger
 
 DECISIONS_SHOWN = 50
 
 
-async def live_workers(aclient) -> list[str]:
+def _fresh_since(since: float | None) -> float:
+    return time.time() - keys.WORKER_STALE_S if since is None else since
+
+
+def heartbeats(client: redis.Redis, since: float | None = None) -> list[Heartbeat]:
+    """The workers whose last beat is at or after ``since`` (epoch s; by default the live ones), with their
+    heartbeats. Two round trips: the names, then their hashes (a hash gone meanwhile reads empty: not live)."""
+    seen = cast(
+        list[tuple[bytes, float]], client.zrangebyscore(keys.WORKERS, _fresh_since(since), "+inf", withscores=True)
+    )
+    pipe = client.pipeline(transaction=False)
+    for name, _ in seen:
+        pipe.hgetall(keys.worker(name.decode()))
+    hashes = pipe.execute() if seen else []
+    return [Heartbeat.decode(name, beat, raw) for (name, beat), raw in zip(seen, hashes, strict=True)]
+
+
+async def aheartbeats(aclient: redis.asyncio.Redis, since: float | None = None) -> list[Heartbeat]:
+    """``heartbeats`` on an asyncio client."""
+    seen = cast(
+        list[tuple[bytes, float]],
+        await aclient.zrangebyscore(keys.WORKERS, _fresh_since(since), "+inf", withscores=True),
+    )
+    pipe = aclient.pipeline(transaction=False)
+    for name, _ in seen:
+        pipe.hgetall(keys.worker(name.decode()))
+    hashes = await pipe.execute() if seen else []
+    return [Heartbeat.decode(name, beat, raw) for (name, beat), raw in zip(seen, hashes, strict=True)]
+
+
+async def live_workers(aclient: redis.asyncio.Redis) -> list[str]:
     """Hostnames of workers whose heartbeat is fresh."""
-    now = time.time()
-    names = await aclient.zrangebyscore(keys.WORKERS, now - keys.WORKER_STALE_S, "+inf")
+    names = cast(list[bytes], await aclient.zrangebyscore(keys.WORKERS, _fresh_since(None), "+inf"))
     return [n.decode() for n in names]
 
 
-async def ready_workers(aclient) -> list[str]:
+async def ready_workers(aclient: redis.asyncio.Redis) -> list[str]:
     """Live workers that can serve: a worker without a usable model beats with ``ready=0`` (workers.serving).
     A heartbeat without the field comes from a worker that predates it, which served whatever it had."""
-    names = await live_workers(aclient)
-    pipe = aclient.pipeline(transaction=False)
-    for n in names:
-        pipe.hget(keys.worker(n), "ready")
-    flags = await pipe.execute() if names else []
-    return [n for n, ready in zip(names, flags, strict=True) if ready != b"0"]
+    return [hb.name for hb in await aheartbeats(aclient) if hb.ready]
 
 
-async def collect(aclient) -> dict:
+async def collect(aclient: redis.asyncio.Redis) -> dict:
     snap = await queues.asnapshot(aclient)
-    names = await live_workers(aclient)
+    beats = await aheartbeats(aclient)
     pipe = aclient.pipeline(transaction=False)
-    for n in names:
-        pipe.hgetall(keys.worker(n))
     pipe.hgetall(keys.SCALER_STATE)
     pipe.lrange(keys.SCALER_DECISIONS, 0, DECISIONS_SHOWN - 1)
     pipe.hgetall(keys.LEDGER)
     res = await pipe.execute()
-    workers = {}
-    for n, h in zip(names, res[: len(names)], strict=True):
-        if h:
-            workers[n] = {
-                "processes": int(h.get(b"processes", 0)),
-                "busy": int(h.get(b"busy", 0)),
-                "queues": h.get(b"queues", b"").decode().split(","),
-                "ready": h.get(b"ready") != b"0",
-                "reason": h.get(b"reason", b"").decode(),
-            }
-    scaler_h, decisions_raw, ledger_h = res[len(names) :]
-    scaler = {"desired": None, "actual": None, "decisions": []}
+    workers = {
+        hb.name: {
+            "processes": hb.processes,
+            "busy": hb.busy,
+            "queues": hb.queues,
+            "ready": hb.ready,
+            "reason": hb.reason,
+        }
+        for hb in beats
+        if hb.fields
+    }
+    scaler_h, decisions_raw, ledger_h = res
+    scaler: dict[str, Any] = {"desired": None, "actual": None, "decisions": []}
     if scaler_h:
         scaler["desired"] = int(scaler_h.get(b"desired", 0))
         scaler["actual"] = int(scaler_h.get(b"actual", 0))
         scaler["updated"] = float(scaler_h.get(b"updated", 0))
     scaler["decisions"] = [orjson.loads(d) for d in reversed(decisions_raw)]
-    ledger = {k.decode(): int(v) for k, v in ledger_h.items()}
-    ledger["in_flight"] = ledger.get("accepted", 0) - ledger.get("succeeded", 0) - ledger.get("failed", 0)
+    ledger = decode_ledger(ledger_h)
     return {
         "time": snap.taken_at,
         "queues": {q: {"depth": s.depth, "oldest_age_s": round(s.oldest_age_s, 4)} for q, s in snap.queues.items()},

@@ -152,7 +152,7 @@ def use_metrics_dir(group: str) -> Path:
         # no inferpool metric exists yet.
         if "inferpool.metrics" in sys.modules:
             raise RuntimeError("inferpool.metrics was imported before the metrics directory was chosen")
-        values.ValueClass = values.get_value_class()
+        values.ValueClass = values.get_value_class()  # type: ignore[attr-defined]
     return d
 
 

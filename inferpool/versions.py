@@ -1,6 +1,6 @@
 """The packages whose internals inferpool reads or patches, and the versions it is tested with.
 
-Each range is the package's bound in pyproject.toml (tests/test_contracts.py checks that they agree and
+Each range is the package's bound in pyproject.toml (tests/core/test_contracts.py checks that they agree and
 pins every internal relied on). A process started with a version outside its range logs one warning at
 start-up (``warn_untested_versions``), since such a change shows up only as wrong numbers: depth
 under-counted by the scaler, live work re-sent by the re-dispatcher.
@@ -60,7 +60,7 @@ def warn_untested_versions(*_: Any, **__: Any) -> None:
     if outside:
         logger.warning(
             "installed versions outside the range inferpool is tested with: %s; queue depths, redelivery "
-            "and pool sizes rely on their internals (tests/test_contracts.py checks them)",
+            "and pool sizes rely on their internals (tests/core/test_contracts.py checks them)",
             "; ".join(outside),
         )
 

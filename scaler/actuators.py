@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from scaler.signal import WorkerView
+from scaler.load_signal import WorkerView
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class Started:
 
 
 def worker_argv(name: str, concurrency: int) -> list[str]:
-    return [sys.executable, "-m", "inferpool.cli", "worker", "--role", "work", "-c", str(concurrency), "--name", name]
+    return [sys.executable, "-m", "cli.main", "worker", "--role", "work", "-c", str(concurrency), "--name", name]
 
 
 def launch_worker(name: str, concurrency: int, env: dict[str, str] | None = None, log: Any = None) -> subprocess.Popen:

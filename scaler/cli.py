@@ -57,9 +57,9 @@ def make_actuator(s: Settings) -> Any:
         return ComposeActuator(s.scaler_compose_service, max(1, s.work_concurrency_min), s.scaler_compose_file)
     if s.scaler_actuator == "external":
         return ExternalActuator()
-    from workers.app import make_app
+    from inferpool.celery_config import make_celery
 
-    pool = PoolActuator(make_app(s).control, s.worker_max_procs)
+    pool = PoolActuator(make_celery(s).control, s.worker_max_procs)
     if s.scaler_actuator == "process":
         return ProcessActuator(pool, socket.gethostname(), s.scaler_worker_prefix)
     return pool
@@ -67,13 +67,9 @@ def make_actuator(s: Settings) -> Any:
 
 def start_metrics(s: Settings, client: Any, own: Any) -> Any:
     """The scaler's metrics beside the cluster exporter's, on ``scaler_metrics_port``; None if it cannot bind."""
-    try:
-        try:
-            from inferpool.exporter import start_cluster_exporter
-        except ImportError:  # no cluster exporter in this tree: serve the scaler's own metrics only
-            from scaler.metrics import serve
+    from inferpool.exporter import start_cluster_exporter
 
-            return serve(s.scaler_metrics_port, s.scaler_metrics_host, [own])[1]
+    try:
         return start_cluster_exporter(s, client, extra=[own])
     except OSError as exc:
         logger.warning("metrics port %d unavailable (%s); running without /metrics", s.scaler_metrics_port, exc)
@@ -83,7 +79,7 @@ def start_metrics(s: Settings, client: Any, own: Any) -> Any:
 def build(s: Settings) -> Any:
     from inferpool.redis_client import sync_client
     from scaler.daemon import Scaler, policy_config
-    from scaler.signal import SignalReader
+    from scaler.load_signal import SignalReader
 
     client = sync_client(s.redis_url)
     reader = SignalReader(client, s.scaler_queue, s.scaler_worker_prefix)

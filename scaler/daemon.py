@@ -1,6 +1,6 @@
 """The scaler loop: observe → decide → act, once a tick, until SIGTERM/SIGINT.
 
-Each tick reads a :class:`~scaler.signal.Signal`, asks the policy for a target, has the actuator apply it
+Each tick reads a :class:`~scaler.load_signal.Signal`, asks the policy for a target, has the actuator apply it
 (unless dry-run), then records in Redis: the state hash (``keys.SCALER_STATE``: desired, actual, updated
 and the signal), the last 200 changes (``keys.SCALER_DECISIONS``, newest first, read by
 ``inferpool.status``) and an expiring health key (``keys.SCALER_HEALTH``). Every decision is logged with
@@ -23,13 +23,14 @@ from dataclasses import replace
 from typing import Any
 
 import orjson
+import redis
 
 from inferpool import keys
 from inferpool.settings import Settings
 from scaler.actuators import Actuator, Outcome
+from scaler.load_signal import Signal, SignalReader
 from scaler.metrics import ScalerMetrics
 from scaler.policy import Decision, Direction, Observation, PolicyConfig, PolicyState, decide
-from scaler.signal import Signal, SignalReader
 from scaler.tutorial import decide_tutorial
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class Scaler:
 
     def __init__(
         self,
-        client: Any,
+        client: redis.Redis,
         reader: SignalReader,
         actuator: Actuator,
         cfg: PolicyConfig,

@@ -1,4 +1,4 @@
-"""The scaler's own metrics, and the HTTP server that exposes them (``/metrics`` only, no control surface).
+"""The scaler's own metrics, served beside the cluster exporter's (``inferpool/exporter.py``; ``/metrics`` only).
 
 Values live in this object and become metric families at scrape time (a custom collector), not in
 prometheus_client's Counter/Gauge: those turn into per-process files whenever PROMETHEUS_MULTIPROC_DIR is
@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from scaler.signal import Signal
+from scaler.load_signal import Signal
 
 logger = logging.getLogger(__name__)
 
@@ -95,13 +93,3 @@ class ScalerMetrics:
             w = GaugeMetricFamily("inferpool_scaler_workers", "Managed workers heartbeating", labels=["queue"])
             w.add_metric([self.queue], len(sig.workers))
             yield w
-
-
-def serve(port: int, host: str, collectors: Iterable[Any]) -> tuple[CollectorRegistry, Any]:
-    """Start ``/metrics`` on a registry of its own holding ``collectors``; returns (registry, server)."""
-    registry = CollectorRegistry()
-    for collector in collectors:
-        registry.register(collector)
-    server, _thread = start_http_server(port, addr=host, registry=registry)
-    logger.info("metrics on http://%s:%d/metrics", host, port)
-    return registry, server

@@ -20,9 +20,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from enum import Enum, StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+from inferpool.settings import Settings
 
 _EPS = 1e-9
+
+
+def _setting_default(name: str) -> Any:
+    """The settings object is the one home of the scaler's defaults; the policy's match it."""
+    return Settings.model_fields[name].default
 
 
 class Direction(Enum):
@@ -66,12 +73,12 @@ class Observation:
 class PolicyConfig:
     """The policy's settings; the daemon builds them from ``inferpool.settings``."""
 
-    wait_target_s: float = 0.1  # target for the p95 queue wait
+    wait_target_s: float = _setting_default("scaler_wait_target_s")  # target for the p95 queue wait
     wait_quantile: float = 0.95
-    min_procs: int = 1
-    max_procs: int = 8
-    window_s: float = 30.0  # scale-down stabilisation window
-    cooldown_s: float = 3.0  # quiet time after any change
+    min_procs: int = 1  # the policy's own floor; the daemon passes work_concurrency_min
+    max_procs: int = _setting_default("work_concurrency_max")
+    window_s: float = _setting_default("scaler_scale_down_window_s")  # scale-down stabilisation window
+    cooldown_s: float = _setting_default("scaler_cooldown_s")  # quiet time after any change
     backlog_deadline_s: float = 5.0  # clear the waiting work within this long
     service_prior_s: float = 0.05  # service time assumed before any task finished
     # Relative error of one arrival-rate sample. Up acts when even rate * (1 - load_noise) needs more

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from scaler.actuators import Outcome
-from scaler.signal import WorkerView
+from scaler.load_signal import WorkerView
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import httpx
 import pytest
 import redis
 
+from cli.local_redis import LocalRedis, free_port
 from inferpool import keys, model_store
-from inferpool.local_redis import LocalRedis, free_port
 
 START_TIMEOUT_S = 30.0
 
@@ -102,7 +102,7 @@ class Stack:
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
         log = self.tmp / f"{name}-{len(self.procs)}.log"
         popen = subprocess.Popen(
-            [sys.executable, "-m", "inferpool.cli", *argv],
+            [sys.executable, "-m", "cli.main", *argv],
             env=env or self.env,
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,

@@ -11,62 +11,56 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 from typing import Any
 
-from celery.signals import worker_ready, worker_shutdown
+import redis
+from celery.signals import worker_ready
 from celery.worker import state as worker_state
 
 from inferpool import keys
+from inferpool.records import encode_heartbeat
 from inferpool.redis_client import sync_client
 from inferpool.settings import get_settings
 from workers.serving import gate
+from workers.ticker import Ticker
 
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_S = 1.0
-_stop = threading.Event()
 # More fields for the heartbeat hash, set by other modules of the worker (workers.metrics_server: "metrics").
 extra_fields: dict[str, str] = {}
+_ticker = Ticker("inferpool-heartbeat")
 
 
-def _beat(consumer: Any) -> None:
-    s = get_settings()
-    client = sync_client(s.redis_url)
+def _beat(client: redis.Redis, consumer: Any) -> None:
+    now = time.time()
     name = consumer.hostname
-    while not _stop.wait(HEARTBEAT_S):
-        try:
-            now = time.time()
-            pool = consumer.pool
-            processes = len(pool._pool._pool) if hasattr(pool, "_pool") and pool._pool else pool.num_processes
-            pipe = client.pipeline(transaction=False)
-            pipe.hset(
-                keys.worker(name),
-                mapping={
-                    "processes": processes, "busy": len(worker_state.active_requests),
-                    "queues": ",".join(gate.serving()), "ready": int(gate.ready), "reason": gate.reason,
-                    "pid": os.getpid(), "host": socket.gethostname(), "updated": now, **extra_fields,
-                },
-            )  # fmt: skip
-            pipe.expire(keys.worker(name), int(keys.WORKER_STALE_S) * 2)
-            pipe.zadd(keys.WORKERS, {name: now})
-            pipe.zremrangebyscore(keys.WORKERS, 0, now - 3600)
-            pipe.execute()
-        except Exception as exc:  # Redis restarting: keep beating once it is back.
-            logger.debug("heartbeat failed: %s", exc)
-    try:
-        client.zrem(keys.WORKERS, name)
-        client.delete(keys.worker(name))
-    except Exception:
-        pass
+    pool = consumer.pool
+    processes = len(pool._pool._pool) if hasattr(pool, "_pool") and pool._pool else pool.num_processes
+    pipe = client.pipeline(transaction=False)
+    pipe.hset(
+        keys.worker(name),
+        mapping={
+            **encode_heartbeat(
+                processes, len(worker_state.active_requests), list(gate.serving()), gate.ready, gate.reason,
+                os.getpid(), socket.gethostname(), now,
+            ),
+            **extra_fields,
+        },
+    )  # fmt: skip
+    pipe.expire(keys.worker(name), int(keys.WORKER_STALE_S) * 2)
+    pipe.zadd(keys.WORKERS, {name: now})
+    pipe.zremrangebyscore(keys.WORKERS, 0, now - 3600)
+    pipe.execute()
+
+
+def _leave(client: redis.Redis, name: str) -> None:
+    client.zrem(keys.WORKERS, name)
+    client.delete(keys.worker(name))
 
 
 @worker_ready.connect
 def _start(sender: Any = None, **_: Any) -> None:
-    threading.Thread(target=_beat, args=(sender,), name="inferpool-heartbeat", daemon=True).start()
-
-
-@worker_shutdown.connect
-def _shutdown(**_: Any) -> None:
-    _stop.set()
+    client = sync_client(get_settings().redis_url)
+    _ticker.start(HEARTBEAT_S, lambda: _beat(client, sender), on_stop=lambda: _leave(client, sender.hostname))

@@ -32,6 +32,7 @@ from celery.signals import (
 )
 
 from inferpool import metrics, telemetry
+from inferpool.records import HeartbeatField
 from inferpool.settings import get_settings
 from workers import heartbeat
 
@@ -109,7 +110,7 @@ def _start_server(sender: Any = None, **_: Any) -> None:
         return
     _server.append(server)
     host = advertised_host(s.api_host, s.redis_url)
-    heartbeat.extra_fields["metrics"] = f"{host}:{server.port}"
+    heartbeat.extra_fields[HeartbeatField.metrics] = f"{host}:{server.port}"
     if loopback_only(host, s.redis_url):
         # A worker on another host than Redis, with the default bind: Prometheus elsewhere cannot reach it.
         logger.warning(

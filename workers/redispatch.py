@@ -21,19 +21,22 @@ a counted duplicate; nothing is ever resent while its message can still run.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from celery.signals import worker_ready, worker_shutdown
+import redis
+from celery.signals import worker_ready
 
 from inferpool import keys
-from inferpool.publish import chunk_rows, chunk_spec, send_predict
+from inferpool.publish import send_predict
+from inferpool.records import ENDED, InflightEntry, InflightKind, JobField, LedgerField, chunk_rows, chunk_spec
 from inferpool.redis_client import sync_client
+from inferpool.scripts import FindMessages, ReleaseLock
 from inferpool.settings import Settings, get_settings
+from workers.ticker import Ticker
 
 logger = logging.getLogger(__name__)
 
@@ -44,37 +47,6 @@ MAX_PIECES = 2000
 # Messages read per script call, so that a scan never holds Redis for long: measured here, a queue of
 # 20,000 inline messages of 64 rows (10 KB each) took 0.8 s to scan in one script, ~9 ms per page of 250.
 SCAN_PAGE = 250
-# Every kombu message names its task in properties.correlation_id, near its end (after the body).
-TAIL_BYTES = 1024
-
-# KEYS[1]: a queue list or the unacked hash; ARGV: kind ("list" | "hash"), first index, page size, task ids.
-# Returns the index to go on from (-1 at the end), then the ids found there.
-_FIND_MESSAGES = (
-    """
-local want = {}
-for i = 4, #ARGV do want[ARGV[i]] = true end
-local start, page = tonumber(ARGV[2]), tonumber(ARGV[3])
-local msgs, next_start
-if ARGV[1] == 'hash' then
-  msgs, next_start = redis.call('HVALS', KEYS[1]), -1
-else
-  msgs = redis.call('LRANGE', KEYS[1], start, start + page - 1)
-  next_start = (#msgs < page) and -1 or (start + page)
-end
-local out = {next_start}
-local pattern = '"correlation_id": ?"([^"]*)"'
-for _, m in ipairs(msgs) do
-  local id = string.match(m, pattern, math.max(1, #m - """
-    + str(TAIL_BYTES)
-    + """)) or string.match(m, pattern)
-  if id and want[id] then
-    out[#out + 1] = id
-    want[id] = nil
-  end
-end
-return out
-"""
-)
 
 
 @dataclass
@@ -85,7 +57,7 @@ class SweepReport:
     resent: int = 0
 
 
-def find_messages(client: Any, task_ids: list[str], queues: tuple[str, ...] = keys.ALL_QUEUES) -> set[str]:
+def find_messages(client: redis.Redis, task_ids: list[str], queues: tuple[str, ...] = keys.ALL_QUEUES) -> set[str]:
     """Which of ``task_ids`` have a message on one of ``queues`` or held (unacked) by a worker.
 
     Lists are read page by page from the newest end, queues before the unacked hash: a message that
@@ -95,11 +67,12 @@ def find_messages(client: Any, task_ids: list[str], queues: tuple[str, ...] = ke
     """
     wanted = set(task_ids)
     found: set[str] = set()
+    find = FindMessages.register(client)
     places = [(lst, "list") for q in queues for lst in keys.priority_lists(q)] + [(keys.UNACKED_HASH, "hash")]
     for key, kind in places:
         start = 0
         while wanted and start >= 0:
-            reply = client.eval(_FIND_MESSAGES, 1, key, kind, start, SCAN_PAGE, *wanted)
+            reply = find(keys=[key], args=[kind, start, SCAN_PAGE, *wanted])
             start = int(reply[0])
             hits = {x.decode() if isinstance(x, bytes) else x for x in reply[1:]}
             found |= hits
@@ -107,12 +80,20 @@ def find_messages(client: Any, task_ids: list[str], queues: tuple[str, ...] = ke
     return found
 
 
-def _job_pieces(client: Any, job_id: str, default_chunk_rows: int) -> dict[str, dict] | None:
+def _job_pieces(client: redis.Redis, job_id: str, default_chunk_rows: int) -> dict[str, dict] | None:
     """Task id -> message spec of each chunk of the job not yet done; None when the job has ended or expired."""
     status, n, n_chunks, work_ms, per_chunk, version = client.hmget(
-        keys.job(job_id), ["status", "n_rows", "n_chunks", "work_ms", "chunk_rows", "model_version"]
+        keys.job(job_id),
+        [
+            JobField.status,
+            JobField.n_rows,
+            JobField.n_chunks,
+            JobField.work_ms,
+            JobField.chunk_rows,
+            JobField.model_version,
+        ],
     )
-    if None in (status, n, n_chunks, work_ms) or status.decode() in ("succeeded", "failed"):
+    if None in (status, n, n_chunks, work_ms) or status.decode() in ENDED:
         return None
     done = {int(c) for c in client.smembers(keys.job_done_chunks(job_id))}
     rows_per_chunk = int(per_chunk) if per_chunk else default_chunk_rows
@@ -147,8 +128,13 @@ def sweep(client: Any, s: Settings, now: float) -> SweepReport:
     for member in stalled:
         if len(pieces) >= MAX_PIECES:
             break
-        kind, _, ident = member.decode().partition(":")
-        found = _job_pieces(client, ident, s.job_chunk_rows) if kind == "job" else _batch_piece(client, ident)
+        entry = InflightEntry.decode(member)
+        if entry is None:
+            found = None
+        elif entry.kind is InflightKind.job:
+            found = _job_pieces(client, entry.ident, s.job_chunk_rows)
+        else:
+            found = _batch_piece(client, entry.ident)
         if found is None:
             client.zrem(keys.INFLIGHT, member)
             report.finished += 1
@@ -166,19 +152,13 @@ def sweep(client: Any, s: Settings, now: float) -> SweepReport:
         # Each entry's clock starts again: a resent piece gets a full visibility timeout to show progress.
         client.zadd(keys.INFLIGHT, dict.fromkeys(watched, now), xx=True)
     if report.resent:
-        client.hincrby(keys.LEDGER, "redispatched", report.resent)
+        client.hincrby(keys.LEDGER, LedgerField.redispatched, report.resent)
         logger.warning("re-dispatched %d lost message(s) of %d stalled job(s)/task(s)", report.resent, report.stalled)
     return report
 
 
 # Longer than any sweep (a few pages of scans): a holder that dies mid-sweep holds the others off this long.
 LOCK_TTL_S = 60
-# KEYS: the lock; ARGV: the holder's token. Deletes the lock only if it is still the holder's: a sweep that
-# outlived the TTL must not release a lock another worker has taken since.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class SweepLock:
@@ -187,7 +167,7 @@ class SweepLock:
     def __init__(self, client: Any, hostname: str) -> None:
         self.client = client
         self.token = f"{hostname}:{uuid.uuid4().hex}"
-        self._release = client.register_script(_RELEASE)
+        self._release = ReleaseLock.register(client)
 
     def acquire(self) -> bool:
         return bool(self.client.set(keys.REDISPATCH_LOCK, self.token, nx=True, ex=LOCK_TTL_S))
@@ -197,28 +177,19 @@ class SweepLock:
         return bool(self._release(keys=[keys.REDISPATCH_LOCK], args=[self.token]))
 
 
-_stop = threading.Event()
+_ticker = Ticker("inferpool-redispatch")
 
 
-def _run(hostname: str) -> None:
-    s = get_settings()
-    lock = SweepLock(sync_client(s.redis_url), hostname)
-    while not _stop.wait(s.redispatch_interval_s):
+def _sweep_if_first(lock: SweepLock, s: Settings) -> None:
+    if lock.acquire():
         try:
-            if lock.acquire():
-                try:
-                    sweep(lock.client, s, time.time())
-                finally:
-                    lock.release()
-        except Exception as exc:  # Redis restarting: the next interval tries again.
-            logger.debug("re-dispatch sweep failed: %s", exc)
+            sweep(lock.client, s, time.time())
+        finally:
+            lock.release()
 
 
 @worker_ready.connect
 def _start(sender: Any = None, **_: Any) -> None:
-    threading.Thread(target=_run, args=(sender.hostname,), name="inferpool-redispatch", daemon=True).start()
-
-
-@worker_shutdown.connect
-def _shutdown(**_: Any) -> None:
-    _stop.set()
+    s = get_settings()
+    lock = SweepLock(sync_client(s.redis_url), sender.hostname)
+    _ticker.start(s.redispatch_interval_s, lambda: _sweep_if_first(lock, s))

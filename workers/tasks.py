@@ -19,14 +19,16 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
-import orjson
 import redis
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from inferpool import codec, drift, keys, metrics
+from inferpool.celery_config import soft_time_limit_s
 from inferpool.publish import TASK_PREDICT, TASK_PREDICT_ONLINE
+from inferpool.records import LedgerField, encode_failure, encode_reply, inflight_batch, inflight_job
+from inferpool.scripts import FailJob, FinishChunk, FinishInline, StartChunk
 from inferpool.settings import get_settings
-from workers.app import app, soft_time_limit_s
+from workers.app import app
 from workers.delivery import OneEventRequest, ServingRequest, is_transient
 from workers.runtime import Runtime, get_runtime
 from workers.serving import CannotServe
@@ -40,84 +42,6 @@ T = TypeVar("T")
 REDIS_PATIENCE_S = 3.0
 REDIS_RETRY_PAUSE_S = 0.2
 SOFT_LIMIT_MARGIN_S = 0.5
-
-# KEYS: job hash, done set, ledger, chunk input, in-flight set, chunk output, samples stream ("" for none);
-# ARGV: chunk, rows, ttl, now, queue_wait, run_s, in-flight member, predictions, samples cap.
-# The output is written first (a later copy writes the same bytes). The outcome counts in the ledger only once
-# the API has accepted the job (api/jobs.py counts it then if it finished first); a job whose hash expired is
-# left alone rather than rebuilt without a TTL. A finished chunk is progress: the job's mark in the in-flight set
-# moves on (or goes, with the job). One sample per task goes to the queue's stream: the scaler's signal.
-_FINISH_CHUNK = """
-redis.call('SET', KEYS[6], ARGV[8], 'EX', ARGV[3])
-if KEYS[7] ~= '' then
-  redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[9], '*', 'w', ARGV[5], 'r', ARGV[6])
-end
-if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
-local added = redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-if added == 0 then
-  redis.call('HINCRBY', KEYS[3], 'duplicates', 1)
-  return -1
-end
-redis.call('DEL', KEYS[4])  -- done: its rows need not wait out the TTL (a later copy sees it done)
-redis.call('HINCRBY', KEYS[1], 'rows_done', ARGV[2])
-redis.call('HINCRBYFLOAT', KEYS[1], 'queue_wait_sum_s', ARGV[5])
-redis.call('HINCRBYFLOAT', KEYS[1], 'run_sum_s', ARGV[6])
-local done = redis.call('HINCRBY', KEYS[1], 'chunks_done', 1)
-local total = tonumber(redis.call('HGET', KEYS[1], 'n_chunks'))
-if done == total then
-  redis.call('ZREM', KEYS[5], ARGV[7])
-  if redis.call('HGET', KEYS[1], 'status') ~= 'failed' then
-    redis.call('HSET', KEYS[1], 'status', 'succeeded', 'finished', ARGV[4])
-    if redis.call('HEXISTS', KEYS[1], 'accepted') == 1 then redis.call('HINCRBY', KEYS[3], 'succeeded', 1) end
-  end
-else
-  redis.call('ZADD', KEYS[5], 'XX', ARGV[4], ARGV[7])
-end
-return done
-"""
-
-# KEYS: result key, ledger, reply list (or "" when none), pending marker, spec, in-flight set, samples stream
-# (or ""); ARGV: payload, ttl, requests, outcome, in-flight member, queue_wait, run_s, samples cap.
-# One round trip: the answer goes out first, the first completion alone counts in the ledger, and only
-# if the API has marked the requests accepted (if the marker comes later, the API counts it then).
-_FINISH_INLINE = """
-if KEYS[3] ~= '' then
-  redis.call('RPUSH', KEYS[3], ARGV[1])
-  redis.call('EXPIRE', KEYS[3], 300)
-end
-if KEYS[7] ~= '' then
-  redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[8], '*', 'w', ARGV[6], 'r', ARGV[7])
-end
-if redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then
-  if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('HINCRBY', KEYS[2], ARGV[4], ARGV[3]) end
-  redis.call('DEL', KEYS[5])
-  redis.call('ZREM', KEYS[6], ARGV[5])
-  return 1
-end
-redis.call('HINCRBY', KEYS[2], 'duplicates', 1)
-return 0
-"""
-
-# KEYS: job hash, in-flight set; ARGV: now, in-flight member. Moves queued -> running, never back from an
-# end state; a chunk starting is progress.
-_START_CHUNK = """
-if redis.call('HGET', KEYS[1], 'status') == 'queued' then
-  redis.call('HSET', KEYS[1], 'status', 'running', 'started', ARGV[1])
-end
-redis.call('ZADD', KEYS[2], 'XX', ARGV[1], ARGV[2])
-return 1
-"""
-
-# KEYS: job hash, ledger, in-flight set; ARGV: error, now, in-flight member
-_FAIL_JOB = """
-local st = redis.call('HGET', KEYS[1], 'status')
-if st == 'succeeded' or st == 'failed' or not st then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[1], 'finished', ARGV[2])
-redis.call('ZREM', KEYS[3], ARGV[3])
-if redis.call('HEXISTS', KEYS[1], 'accepted') == 1 then redis.call('HINCRBY', KEYS[2], 'failed', 1) end
-return 1
-"""
 
 
 def _enqueued_at(request: Any) -> float | None:
@@ -173,16 +97,16 @@ class _Scripts:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self.finish_chunk = client.register_script(_FINISH_CHUNK)
-        self.finish_inline = client.register_script(_FINISH_INLINE)
-        self.start_chunk = client.register_script(_START_CHUNK)
-        self.fail_job = client.register_script(_FAIL_JOB)
+        self.finish_chunk = FinishChunk.register(client)
+        self.finish_inline = FinishInline.register(client)
+        self.start_chunk = StartChunk.register(client)
+        self.fail_job = FailJob.register(client)
 
 
 _scripts: _Scripts | None = None
 
 
-def _scripts_of(rt: Any) -> _Scripts:
+def _scripts_of(rt: Runtime) -> _Scripts:
     global _scripts
     if _scripts is None or _scripts.client is not rt.redis:
         _scripts = _Scripts(rt.redis)
@@ -212,7 +136,7 @@ def _predict(self: Any, spec: dict[str, Any]) -> None:
         _count_redelivery(rt, queue)
     if job_id:
         _patiently(
-            _scripts_of(rt).start_chunk, [keys.job(job_id), keys.INFLIGHT], [started, keys.inflight_job(job_id)],
+            _scripts_of(rt).start_chunk, [keys.job(job_id), keys.INFLIGHT], [started, inflight_job(job_id)],
             until=patience,
         )  # fmt: skip
     try:
@@ -223,7 +147,7 @@ def _predict(self: Any, spec: dict[str, Any]) -> None:
             # Simulated extra inference time: it occupies this process, as real compute would.
             time.sleep(spec["work_ms"] / 1000.0)
     except _ChunkDone:
-        _quietly(rt.redis.hincrby, keys.LEDGER, "duplicates", 1)
+        _quietly(rt.redis.hincrby, keys.LEDGER, LedgerField.duplicates, 1)
         metrics.DUPLICATES.inc()
         return
     except Exception as exc:
@@ -289,17 +213,17 @@ def _quietly(fn: Callable[..., Any], *args: Any) -> None:
         logger.debug("skipped %s: %s", getattr(fn, "__name__", fn), exc)
 
 
-def _count_redelivery(rt: Any, queue: str) -> None:
+def _count_redelivery(rt: Runtime, queue: str) -> None:
     # kombu flags a message it put back (visibility timeout passed, or its worker was lost).
     metrics.TASKS_REDELIVERED.labels(queue=queue).inc()
-    _quietly(rt.redis.hincrby, keys.LEDGER, "redelivered", 1)
+    _quietly(rt.redis.hincrby, keys.LEDGER, LedgerField.redelivered, 1)
 
 
 class _ChunkDone(Exception):
     """A redelivered copy of a chunk whose first run finished and freed its rows: a duplicate."""
 
 
-def _load_rows(spec: dict[str, Any], rt: Any) -> Any:
+def _load_rows(spec: dict[str, Any], rt: Runtime) -> np.ndarray:
     n_features = rt.manifest.n_features
     if not spec.get("n"):
         return np.empty((0, n_features), dtype=codec.ROW_DTYPE)
@@ -318,12 +242,14 @@ def _samples_key(spec: dict) -> str:
     return keys.task_samples(queue) if queue else ""
 
 
-def _finish_chunk(spec: dict, rt: Any, preds: Any, wait_s: float, run_s: float, now: float, ttl: int) -> None:
+def _finish_chunk(
+    spec: dict, rt: Runtime, preds: np.ndarray, wait_s: float, run_s: float, now: float, ttl: int
+) -> None:
     job_id, chunk = spec["job"], spec["chunk"]
     done = _scripts_of(rt).finish_chunk(
         keys=[keys.job(job_id), keys.job_done_chunks(job_id), keys.LEDGER, keys.job_input(job_id, chunk),
               keys.INFLIGHT, keys.job_output(job_id, chunk), _samples_key(spec)],
-        args=[chunk, len(preds), ttl, now, f"{wait_s:.4f}", f"{run_s:.4f}", keys.inflight_job(job_id),
+        args=[chunk, len(preds), ttl, now, f"{wait_s:.4f}", f"{run_s:.4f}", inflight_job(job_id),
               codec.preds_to_bytes(preds), keys.TASK_SAMPLES_MAXLEN],
     )  # fmt: skip
     if done == -1:
@@ -331,12 +257,10 @@ def _finish_chunk(spec: dict, rt: Any, preds: Any, wait_s: float, run_s: float, 
     metrics.TASKS_COMPLETED.labels(queue=spec.get("queue", ""), outcome="success").inc()
 
 
-def _finish_inline(spec: dict, rt: Any, preds: Any, enq: float, start: float, end: float, ttl: int) -> None:
-    payload = orjson.dumps(
-        {"id": spec["id"], "p": preds.tolist(), "v": rt.manifest.version, "enq": enq, "start": start, "end": end}
-    )
+def _finish_inline(spec: dict, rt: Runtime, preds: np.ndarray, enq: float, start: float, end: float, ttl: int) -> None:
+    payload = encode_reply(spec["id"], preds.tolist(), rt.manifest.version, enq, start, end)
     first = _scripts_of(rt).finish_inline(
-        *_finish_inline_args(spec, payload, ttl, "succeeded", start - enq, end - start)
+        *_finish_inline_args(spec, payload, ttl, LedgerField.succeeded, start - enq, end - start)
     )
     if not first:
         metrics.DUPLICATES.inc()
@@ -352,18 +276,18 @@ def _finish_inline_args(
     return (
         [keys.batch_result(task_id), keys.LEDGER, spec.get("reply") or "", keys.batch_pending(task_id),
          keys.batch_spec(task_id), keys.INFLIGHT, samples],
-        [payload, ttl, spec.get("reqs", 1), outcome, keys.inflight_batch(task_id),
+        [payload, ttl, spec.get("reqs", 1), outcome, inflight_batch(task_id),
          f"{max(0.0, wait_s or 0.0):.4f}", f"{run_s or 0.0:.4f}", keys.TASK_SAMPLES_MAXLEN],
     )  # fmt: skip
 
 
-def _report_failure(spec: dict, rt: Any, error: str) -> None:
+def _report_failure(spec: dict, rt: Runtime, error: str) -> None:
     s = get_settings()
     if spec.get("job"):
         _scripts_of(rt).fail_job(
             keys=[keys.job(spec["job"]), keys.LEDGER, keys.INFLIGHT],
-            args=[error, time.time(), keys.inflight_job(spec["job"])],
+            args=[error, time.time(), inflight_job(spec["job"])],
         )
         return
-    payload = orjson.dumps({"id": spec["id"], "error": error})
-    _scripts_of(rt).finish_inline(*_finish_inline_args(spec, payload, s.result_ttl_s, "failed"))
+    payload = encode_failure(spec["id"], error)
+    _scripts_of(rt).finish_inline(*_finish_inline_args(spec, payload, s.result_ttl_s, LedgerField.failed))

@@ -20,6 +20,7 @@ from api.security import api_key_header, caller
 from api.state import JOB_QUEUES, ApiState
 from inferpool import audit, metrics
 from inferpool.errors import InputError, Overloaded
+from inferpool.records import JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ async def _accept(
     except Exception as exc:
         # The job is accepted and will run: answering 503 now would have the client submit it twice.
         logger.error("audit record of job %s not written: %s", job_id, type(exc).__name__)
-    return _accepted(job_id, "queued", received.n_rows, 202)
+    return _accepted(job_id, JobStatus.queued.value, received.n_rows, 202)
 
 
 def _accepted(job_id: str, status: str, rows: int, code: int) -> OrjsonResponse:

@@ -1,7 +1,7 @@
 """`make fleet-sim`: the calibrated fleet model's predictions, with charts and a report.
 
 1. Calibration: the recorded step workload (``calibration.json``) replayed in the model, per phase
-   against the measurement (the same check as ``tests/test_fleet_calibration.py``).
+   against the measurement (the same check as ``tests/bench/test_fleet_calibration.py``).
 2. Where one Redis becomes the limit (tasks/s and req/s of the tutorial mix) and the wait it adds.
 3. The tutorial policy, Celery ``--autoscale``, an HPA, a KEDA list-length scaler and ours (and a static
    pool for reference) at 1, 10 and 100 hosts, on SLO attainment, process-seconds and actions.

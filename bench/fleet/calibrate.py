@@ -33,9 +33,9 @@ from bench.fleet.calibration import ARRIVALS_CSV, CALIBRATION_JSON, loop_speed_s
 from bench.scaler_bench import FULL, SEED, SHORT, policies, stack
 from bench.scaler_report import Phase
 from inferpool import keys, model_store
-from inferpool.loadtest import LoadtestConfig, run_loadtest
-from inferpool.loadtest.profile import ProfileKind, ProfileSpec
-from scaler.signal import SignalReader
+from loadtest import LoadtestConfig, run_loadtest
+from loadtest.profile import ProfileKind, ProfileSpec
+from scaler.load_signal import SignalReader
 
 SAMPLE_S = 0.5
 IDLE_S = 10.0  # Redis's cost with workers, API and scaler up and no load: heartbeats, polls, sweeps
@@ -180,7 +180,7 @@ def _jobs_phase(url: str, rec: Recorder) -> dict:
 
 def _online_requests(load_dir: Path, bounds: list[tuple[float, float]]) -> list[int]:
     """Work-0 requests scheduled per phase (load-test record; relative seconds)."""
-    from inferpool.loadtest import records
+    from loadtest import records
 
     req = records.read_csv(load_dir / records.REQUESTS_CSV)
     sched, work = req.get("scheduled_s", []), req.get("work_ms", [])
@@ -196,7 +196,7 @@ def save_arrivals(load_dir: Path, work: list[tuple[float, float, float]], start:
     (``work``: the system's own enqueue stamp, relative to the load's start; its W from its run time; its
     measured wait and run for reference). The queue's arrivals, not the generator's: a loaded API passes
     requests on in bursts, and the queue waits reflect those bursts."""
-    from inferpool.loadtest import records
+    from loadtest import records
 
     req = records.read_csv(load_dir / records.REQUESTS_CSV)
     rows = [

@@ -1,9 +1,9 @@
 """Scaling policies on the simulated clock: ours and the tutorial's run the real ``scaler`` code; three peers.
 
 Ours (``scaler.policy.decide``) and the tutorial's (``scaler.tutorial.decide_tutorial``) are fed exactly what
-the daemon feeds them: a :class:`scaler.signal.Signal` built each tick with the real
-:class:`~scaler.signal.ArrivalRate` (the cumulative count completed + waiting + held, as
-``SignalReader.read`` adds it) and :class:`~scaler.signal.TaskSamples` (finished tasks' wait and run), turned
+the daemon feeds them: a :class:`scaler.load_signal.Signal` built each tick with the real
+:class:`~scaler.load_signal.ArrivalRate` (the cumulative count completed + waiting + held, as
+``SignalReader.read`` adds it) and :class:`~scaler.load_signal.TaskSamples` (finished tasks' wait and run), turned
 into an ``Observation`` by ``Signal.observation`` with the actuator's view of the pool (what it asked for).
 
 The peers follow their published rules:
@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 from bench.fleet.model import Fleet
 from inferpool import keys
+from scaler.load_signal import ArrivalRate, Signal, TaskSamples, WorkerView
 from scaler.policy import Direction, PolicyConfig, PolicyState, decide
-from scaler.signal import ArrivalRate, Signal, TaskSamples, WorkerView
 from scaler.tutorial import decide_tutorial
 
 CONTAINER_DELAY_S = 20.0

@@ -25,7 +25,7 @@ from inferpool.model_store import Manifest
 logger = logging.getLogger(__name__)
 
 
-def _cached(raw: bytes | None, manifest: Manifest, policy: Policy) -> DriftReport | None:
+def _cached(raw: bytes | str | None, manifest: Manifest, policy: Policy) -> DriftReport | None:
     if raw is None:
         return None
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -135,6 +136,7 @@ def _class_drift(manifest: Manifest, predicted: np.ndarray, enough: bool, policy
     # Compared as text: a user's model may predict strings, JSON may turn 1 into "1".
     names = [str(c) for c in manifest.classes]
     h = manifest.held_out
+    n_ref: int | None
     if h is not None and len(h.predicted_proportions) == len(names):
         # The mix the model predicts on unseen rows, not the label mix: a model's own bias is not drift.
         expected, n_ref = list(h.predicted_proportions), h.n_rows
@@ -153,7 +155,7 @@ def _class_drift(manifest: Manifest, predicted: np.ndarray, enough: bool, policy
 
 def _policy(policy: Policy | None, moderate: float | None, major: float | None, min_samples: int | None) -> Policy:
     p = policy or Policy(min_samples=MIN_SAMPLES)
-    overrides = {"psi_moderate": moderate, "psi_major": major, "min_samples": min_samples}
+    overrides: dict[str, Any] = {"psi_moderate": moderate, "psi_major": major, "min_samples": min_samples}
     return dataclasses.replace(p, **{k: v for k, v in overrides.items() if v is not None})
 
 

@@ -68,18 +68,18 @@ def drift_families(report: DriftReport | None, s: Settings) -> Iterator[Metric]:
             for test, p in (("chi2", f.p_chi2), ("ks", f.p_ks)):
                 if p is not None:
                     pvalue.add_metric([*label, test], p)
-            for v in VERDICTS:
-                verdict.add_metric([*label, v], 1 if f.verdict.value == v else 0)
+            for verdict_name in VERDICTS:
+                verdict.add_metric([*label, verdict_name], 1 if f.verdict.value == verdict_name else 0)
         n_bad.add_metric([], report.n_features_drifted)
         if report.weighted_share is not None:
             share.add_metric([], report.weighted_share)
         dataset.add_metric([], 1 if report.drifted else 0)
-        p = report.predictions
-        if p is not None:
-            if p.psi is not None:
-                classes.add_metric([], p.psi)
-            for v in VERDICTS:
-                classes_verdict.add_metric([v], 1 if p.verdict.value == v else 0)
+        mix = report.predictions
+        if mix is not None:
+            if mix.psi is not None:
+                classes.add_metric([], mix.psi)
+            for verdict_name in VERDICTS:
+                classes_verdict.add_metric([verdict_name], 1 if mix.verdict.value == verdict_name else 0)
     yield from (samples, refused, psi, ks, pvalue, importance, important, impact, refused_share, verdict)
     yield from (n_bad, share, dataset, classes, classes_verdict, thresholds)
 

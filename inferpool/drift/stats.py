@@ -22,7 +22,7 @@ PSI_EPS = 1e-4
 STUCK_SHARE = 0.5
 
 
-def psi(expected: Sequence[float], actual_counts: Sequence[int], eps: float = PSI_EPS) -> float:
+def psi(expected: Sequence[float], actual_counts: Sequence[int] | np.ndarray, eps: float = PSI_EPS) -> float:
     """Population Stability Index, ``sum((a - e) * ln(a / e))`` over bins.
 
     ``expected`` are training proportions, ``actual_counts`` the window's counts in
@@ -67,7 +67,7 @@ def ks_statistic(summary: FeatureSummary, values: np.ndarray) -> float:
     return float(np.max(np.abs(train_cdf - window_cdf)))
 
 
-def chi2_pvalue(expected: Sequence[float], counts: Sequence[int], n_train: int | None) -> float:
+def chi2_pvalue(expected: Sequence[float], counts: Sequence[int] | np.ndarray, n_train: int | None) -> float:
     """p-value of "the window's bin counts come from the training distribution".
 
     With ``n_train``: the chi-square test of homogeneity of the 2 x k table (training counts,

@@ -1,6 +1,6 @@
 """A private redis-server that other hosts can reach: bound to one given address, with a password.
 
-``inferpool.local_redis.LocalRedis`` is for one machine and listens on loopback only. A Redis that workers
+``cli.local_redis.LocalRedis`` is for one machine and listens on loopback only. A Redis that workers
 on another host use must listen on an address they reach, and needs a password: without one, protected
 mode answers every client not on loopback with DENIED. The password goes in the URL (``REDIS_URL`` of
 every process) and on redis-server's command line (a test's private server; a real one reads its config).
@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import redis
 
-from inferpool.local_redis import START_TIMEOUT_S, LocalRedis, free_port, server_command
+from cli.local_redis import START_TIMEOUT_S, LocalRedis, free_port, server_command
 
 
 @dataclass

@@ -1,0 +1,82 @@
+"""Micro-batching: the cost model, light requests beside heavy ones, and a worker dying mid-batch."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import joblib
+import numpy as np
+import pytest
+
+from api.batcher import CostModel
+from inferpool import keys, model_store
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_cost_model_fits_linear_batch_time():
+    cm = CostModel()
+    for _ in range(200):
+        for n in (1, 64, 512, 4096):
+            cm.observe(n, 0.009 + 0.000005 * n)
+    a, b = cm.coefficients()
+    assert a == pytest.approx(0.000005, rel=0.05)
+    assert b == pytest.approx(0.009, rel=0.05)
+    # largest batch within a 30 ms budget: (0.030 - 0.009) / 0.000005 = 4200, capped
+    assert cm.max_rows(0.030, 10_000) == pytest.approx(4200, rel=0.05)
+    assert cm.max_rows(0.030, 256) == 256
+    assert cm.max_rows(0.001, 256) == 1  # a budget below the fixed cost still sends one row
+
+
+def test_light_requests_do_not_wait_behind_simulated_work(stack):
+    """Heavy requests (work 400 ms) occupy the work pool; light requests sent meanwhile stay fast."""
+    X = np.random.default_rng(0).normal(size=(20, 20)).tolist()
+    with cf.ThreadPoolExecutor(8) as pool, httpx.Client(base_url=stack.url, timeout=30) as c:
+        heavy = [pool.submit(c.post, "/predict", json={"X": X[i], "work": 400}) for i in range(6)]
+        time.sleep(0.1)
+        light = []
+        for i in range(10):
+            t = time.perf_counter()
+            r = c.post("/predict", json={"X": X[i], "work": 0})
+            light.append(time.perf_counter() - t)
+            assert r.status_code == 200
+        heavy_results = [h.result() for h in heavy]
+    assert all(r.status_code == 200 for r in heavy_results)
+    # Six 400 ms requests on a 2-process work pool take >= 1.2 s; light ones must not queue behind them.
+    assert max(light) < 0.4, light
+
+
+@pytest.mark.timeout(120)
+def test_worker_dying_mid_batch_loses_no_answer(stack_factory, tmp_path, reference_model):
+    """A batch's worker process is SIGKILLed while predicting: every caller still gets its own rows' answers."""
+    from tests.support.slow_model import SlowModel
+
+    X_train = np.random.default_rng(1).normal(size=(100, 20))
+    model_dir = tmp_path / "slow-models"
+    joblib.dump(SlowModel(reference_model, 1.5), tmp_path / "slow.joblib")
+    model_store.register_model(tmp_path / "slow.joblib", X_train, reference_model.predict(X_train), model_dir)
+    env = {"INFERPOOL_MODEL_DIR": str(model_dir), "PYTHONPATH": str(ROOT)}
+    st = stack_factory(**env)
+    worker = st.start_worker("online", concurrency=1)
+    st.start_api()
+    X = np.random.default_rng(2).normal(size=(12, 20))
+    with cf.ThreadPoolExecutor(12) as pool, httpx.Client(base_url=st.url, timeout=60) as c:
+        futures = [pool.submit(c.post, "/v1/predict", json={"instances": [X[i].tolist()]}) for i in range(12)]
+        deadline = time.monotonic() + 20
+        while not st.client.hlen(keys.UNACKED_HASH) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # the child is inside predict now
+        children = worker.children()
+        assert children, "prefork worker has no child process"
+        for pid in children:
+            os.kill(pid, signal.SIGKILL)
+        answers = [f.result().json() for f in futures]
+    expected = reference_model.predict(X).tolist()
+    assert [a["predictions"][0] for a in answers] == expected
+    ledger = {k.decode(): int(v) for k, v in st.client.hgetall(keys.LEDGER).items()}
+    assert ledger["accepted"] == ledger["succeeded"] == 12
