@@ -21,7 +21,7 @@ from dataclasses import replace
 import numpy as np
 
 from api.dispatch import Reply
-from inferpool import drift, keys, metrics, registry, rollout_store
+from inferpool import drift, keys, metrics, registry, rollout_store, scripts
 from inferpool.drift import window as drift_window
 from inferpool.drift.evaluate import evaluate
 from inferpool.errors import RolloutError
@@ -29,13 +29,6 @@ from inferpool.rollout import ENDED, Action, Margins, Mode, Plan, State, apply, 
 from inferpool.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-# KEYS: lock; ARGV: owner, ttl ms. Take the lock if free, renew it if ours.
-_HOLD = """
-local cur = redis.call('GET', KEYS[1])
-if cur == false or cur == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
-return 0
-"""
 
 
 def margins_of(s: Settings) -> Margins:
@@ -228,10 +221,11 @@ class Rollout:
 
     async def _run(self) -> None:
         tick = self.settings.rollout_tick_s
+        hold = scripts.HoldLock.register(self.redis)
         while True:
             await asyncio.sleep(tick)
             try:
-                if await self.redis.eval(_HOLD, 1, keys.ROLLOUT_LOCK, self.instance, int(tick * 3000)):
+                if await hold(keys=[keys.ROLLOUT_LOCK], args=[self.instance, int(tick * 3000)]):
                     await self.tick(time.time())
             except asyncio.CancelledError:
                 raise

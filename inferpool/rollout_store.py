@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from inferpool import keys, metrics
+from inferpool import keys, metrics, scripts
 from inferpool.errors import RolloutError
 from inferpool.rollout import Plan, VersionStats
 
@@ -25,16 +25,6 @@ AUDIT_MAXLEN = 10_000
 STATS_TTL_S = 24 * 3600
 CHANGE_ATTEMPTS = 5
 
-# KEYS: plan; ARGV: expected revision (-1: no plan yet), new plan JSON.
-_REPLACE = """
-local cur = redis.call('GET', KEYS[1])
-local rev = -1
-if cur then rev = cjson.decode(cur)['rev'] end
-if rev ~= tonumber(ARGV[1]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[2])
-return 1
-"""
-
 
 async def load(r: Any) -> Plan | None:
     raw = await r.get(keys.ROLLOUT_PLAN)
@@ -43,7 +33,8 @@ async def load(r: Any) -> Plan | None:
 
 async def replace(r: Any, plan: Plan, expected_rev: int) -> bool:
     """Write ``plan`` if the stored one still has ``expected_rev``; False if someone changed it first."""
-    return bool(await r.eval(_REPLACE, 1, keys.ROLLOUT_PLAN, expected_rev, orjson.dumps(plan.to_json())))
+    script = scripts.ReplacePlan.register(r)
+    return bool(await script(keys=[keys.ROLLOUT_PLAN], args=[expected_rev, orjson.dumps(plan.to_json())]))
 
 
 async def change(r: Any, fn: Callable[[Plan | None], Plan], by: str, why: str, action: str) -> tuple[Plan | None, Plan]:

@@ -315,3 +315,33 @@ redis.call('ZREM', KEYS[3], ARGV[3])
 if redis.call('HEXISTS', KEYS[1], 'accepted') == 1 then redis.call('HINCRBY', KEYS[2], 'failed', 1) end
 return 1
 """
+
+
+class HoldLock(Script):
+    """Take a lock if it is free, or renew it if we hold it (the rollout's verdict loop: one API at a time).
+
+    KEYS: 1 the lock. ARGV: 1 our owner token, 2 the lease (ms). Returns 1 if we hold it now, else 0.
+    """
+
+    source = """
+local cur = redis.call('GET', KEYS[1])
+if cur == false or cur == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+return 0
+"""
+
+
+class ReplacePlan(Script):
+    """Write a rollout plan only if the stored one still has the revision the writer read.
+
+    KEYS: 1 the plan (``keys.ROLLOUT_PLAN``). ARGV: 1 the expected revision (-1: no plan yet), 2 the new plan
+    (JSON). Returns 1 if written, 0 if another writer changed it first.
+    """
+
+    source = """
+local cur = redis.call('GET', KEYS[1])
+local rev = -1
+if cur then rev = cjson.decode(cur)['rev'] end
+if rev ~= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
