@@ -223,8 +223,15 @@ def test_scaler_command_once_in_dry_run(fresh_redis, tmp_path, model_dir) -> Non
     env = base_env(fresh_redis.url, model_dir, tmp_path, INFERPOOL_SCALER_METRICS_PORT=str(free_port()))
     env["INFERPOOL_LOG_LEVEL"] = "INFO"
     argv = [sys.executable, "-m", "cli.main", "scaler", "--once", "--dry-run", "--min", "2", "--max", "3"]
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert "dry run" in done.stderr and "up 1 -> 2: at_min" in done.stderr
+    # Beat like a live worker while the command starts: its import alone can outlast a heartbeat's 5 s
+    # freshness on a loaded machine, and a stale worker would (rightly) not count.
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        client.zadd(keys.WORKERS, {BASE: time.time()})
+        time.sleep(0.5)
+    _, stderr = proc.communicate(timeout=5)
+    assert proc.returncode == 0, stderr
+    assert "dry run" in stderr and "up 1 -> 2: at_min" in stderr
     state = client.hgetall(keys.SCALER_STATE)
     assert (state[b"actual"], state[b"dry_run"], state[b"actuator"]) == (b"1", b"1", b"celery")
