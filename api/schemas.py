@@ -34,6 +34,7 @@ class CompatRequest(BaseModel):
 
 class CompatResponse(BaseModel):
     prediction: int
+    model_version: str = Field(description="The model version that answered.")
 
 
 class JobAccepted(BaseModel):

@@ -130,11 +130,12 @@ async def predict(
 async def predict_compat(
     body: CompatRequest, request: Request, key_id: str = Depends(caller), __: None = Depends(require_json)
 ) -> OrjsonResponse:
-    """Drop-in for the single-process server: ``{"X": [...], "work": ms}`` -> ``{"prediction": int}``."""
+    """Drop-in for the single-process server: ``{"X": [...], "work": ms}`` -> ``{"prediction": int}``, plus
+    the ``model_version`` that answered (a rollout may route the caller to a candidate)."""
     st = _state(request)
     X = np.asarray([body.X], dtype=np.float64)
     _check(X, st.manifest(), 1, "X")
     check_values(X, "X", flat=True)
     routing_key = request.headers.get(st.settings.rollout_key_header)
-    preds, _, _ = await predict_rows(st, X, body.work, "/predict", key_id, routing_key)
-    return OrjsonResponse({"prediction": int(preds[0])})
+    preds, _, version = await predict_rows(st, X, body.work, "/predict", key_id, routing_key)
+    return OrjsonResponse({"prediction": int(preds[0]), "model_version": version})

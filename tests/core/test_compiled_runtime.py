@@ -194,7 +194,8 @@ def test_compiled_model_served_through_real_workers(stack_factory, model_dir, re
         assert m["runtime"]["runtime"] == "onnx" and m["runtime"]["disagreements"] == 0
         one = [c.post("/v1/predict", json={"instances": [row]}).json()["predictions"][0] for row in X[:20].tolist()]
         assert one == want[:20]
-        assert c.post("/predict", json={"X": X[20].tolist()}).json() == {"prediction": want[20]}
+        compat = c.post("/predict", json={"X": X[20].tolist()}).json()
+        assert compat == {"prediction": want[20], "model_version": m["version"]}
         r = c.post("/v1/jobs", json={"instances": X.tolist()})
         assert r.status_code == 202, r.text
         assert wait_job(c, r.json()["job_id"])["predictions"] == want
