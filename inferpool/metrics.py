@@ -81,7 +81,7 @@ SHADOW_DISAGREED = Counter(
 )
 ROLLOUT_DECISIONS = Counter("inferpool_rollout_decisions_total", "Changes of a rollout plan", ["action", "by"])
 ROLLOUT_SHARE = Gauge(
-    "inferpool_rollout_candidate_share",
+    "inferpool_rollout_candidate_ratio",
     "Candidate share of answers (0..1)",
     ["model_version"],
     multiprocess_mode="livemax",

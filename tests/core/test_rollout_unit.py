@@ -162,15 +162,15 @@ def test_registering_from_mlflow_names_the_missing_extra(registry_dir, monkeypat
         registry.register("models:/fraud/3", X, y, d)
 
 
-def test_observed_canary_share_through_real_plans(redis_server, registry_dir, tmp_path) -> None:
+def test_observed_canary_share_through_real_plans(fresh_redis, registry_dir, tmp_path) -> None:
     """Routing decisions of the API's Rollout object against plans stored in a real Redis, step by step."""
     d, X, y = registry_dir
     cand = _register(d, X, y, 3, tmp_path).version
     stable = model_store.current_version(d)
-    s = Settings(redis_url=redis_server.url, model_dir=d, rollout_plan_cache_s=0)
+    s = Settings(redis_url=fresh_redis.url, model_dir=d, rollout_plan_cache_s=0)
 
     async def run() -> list[tuple[float, float]]:
-        r = async_client(redis_server.url)
+        r = async_client(fresh_redis.url)
         await r.delete("inferpool:rollout:plan")
         ro = Rollout(r, s, "test")
         await ro.start(Mode.canary, cand, "tester", "5,25,50,100", 3600, 10, stable)

@@ -378,5 +378,5 @@ def _admin_errors(st, versions: Versions) -> None:
     (denied, bad_name, unknown, nothing) = asyncio.run(run())
     assert denied[0] == 401
     assert bad_name[0] == 422 and bad_name[1]["field"] == "candidate"
-    assert unknown[0] == 409 and "no model version" in unknown[1]["message"]
-    assert nothing[0] == 409 and "no rollout" in nothing[1]["message"]
+    assert unknown[0] == 409 and "no model version" in unknown[1]["detail"]
+    assert nothing[0] == 409 and "no rollout" in nothing[1]["detail"]
