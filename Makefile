@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 
-.PHONY: install lock tools bench-tools apt-install up demo test second-host lint format bench soak chaos-soak scaler-bench fleet-calibrate fleet-sim clean
+.PHONY: install lock tools bench-tools apt-install up demo test test-long second-host lint format bench soak chaos-soak scaler-bench fleet-calibrate fleet-sim clean
 
 # Dependencies come from a lock made by uv (README, "Development"): requirements.lock holds every extra
 # (dev, loadtest, local), requirements-server.lock the server image's set; both for Python 3.11 on
@@ -61,7 +61,12 @@ demo: install
 	$(PY) -m cli.demo
 
 test: install tools
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not slow"
+
+# The long whole-stack load runs (marked slow): a rollout under load, chaos under load, the second host, the
+# scaler's load step. CI runs them after `make test`.
+test-long: install tools
+	$(PY) -m pytest -m slow
 
 # The second host (a network namespace) alone, verbose, with its report: addresses, scaler spread, Flower and
 # the load-test report in Chromium (screenshots kept in results/second-host), the host lost under load and the

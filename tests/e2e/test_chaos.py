@@ -171,6 +171,7 @@ def _timed(fn) -> tuple[int, float]:
     return code, time.monotonic() - t
 
 
+@pytest.mark.slow  # `make test-long`
 @pytest.mark.timeout(240)
 def test_chaos_under_steady_load_loses_nothing(stack_factory, reference_model, capsys):
     st = stack_factory(**FAST_DELIVERY, INFERPOOL_PREDICT_MAX_WAIT_S="5")

@@ -26,6 +26,8 @@ from loadtest.http import TRANSPORT_ERRORS, HttpClient
 from tests.support.rollout_models import POISON, DisagreeingModel, FailingModel, flip_mask
 from tests.support.slow_model import SlowModel
 
+pytestmark = pytest.mark.slow  # whole-stack load runs: `make test-long`
+
 API_KEY, ADMIN_KEY = "ip-test-data", "ip-test-admin"
 DATA = {"X-API-Key": API_KEY}
 ADMIN = {"X-API-Key": ADMIN_KEY}

@@ -73,7 +73,7 @@ SCALER = {
 LOAD_BEFORE_KILL_S = 3.0
 LOOPBACK = re.compile(r"\b(127\.\d+\.\d+\.\d+|localhost)\b")
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]  # slow: `make test-long`
 
 
 @dataclass

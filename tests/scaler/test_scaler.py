@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import orjson
+import pytest
 import redis
 from conftest import base_env
 
@@ -85,6 +86,7 @@ def ledger_settles(client) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in client.hgetall(keys.LEDGER).items()}
 
 
+@pytest.mark.slow  # `make test-long`
 def test_load_step_grows_the_pool_and_its_end_shrinks_it_to_min_without_losing_a_task(stack_factory, reference_model):
     metrics_port = free_port()
     st = stack_factory(
