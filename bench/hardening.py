@@ -38,6 +38,7 @@ import numpy as np
 import psutil
 
 from bench.harness import inferpool_system
+from bench.speed import loop_speed_s
 from inferpool import model_store
 
 MB = 1024 * 1024
@@ -52,15 +53,6 @@ def json_body(size: int) -> memoryview:
     row = b"[" + b",".join([b"0.123456789"] * N_FEATURES) + b"]"
     body = b'{"instances": [' + b",".join([row] * (size // (len(row) + 1))) + b"]}"
     return memoryview(body)
-
-
-def loop_speed_s() -> float:
-    """Seconds of a plain 10M-iteration Python loop: the machine's speed, printed beside every figure."""
-    t0 = time.perf_counter()
-    x = 0
-    for i in range(10_000_000):
-        x += i
-    return time.perf_counter() - t0
 
 
 def pct(values: list[float], q: float) -> float:

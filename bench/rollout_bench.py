@@ -16,7 +16,7 @@ import numpy as np
 from api.batcher import Batcher, Entry
 from api.dispatch import Reply
 from api.rollout import Rollout
-from bench.hardening import loop_speed_s
+from bench.speed import loop_speed_s
 from inferpool.rollout import Mode, Plan, choose
 from inferpool.settings import Settings
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bench.fleet import calibration, predict, report, scenarios
 from bench.fleet.calibration import CALIBRATION_JSON
+from bench.speed import loop_speed_s
 
 OUT = Path("out/fleet-sim")
 SCENARIO_CHARTS = ("step", "flash crowd", "diurnal, heavy-tailed work")
@@ -38,7 +39,7 @@ def main() -> None:
     t0 = time.monotonic()
     cal = calibration.load(ns.calibration)
     costs = calibration.costs(cal)
-    speed = calibration.loop_speed_s()
+    speed = loop_speed_s()
     machine = (
         f"recorded {cal['date_utc']} on {cal['machine']['cores']} cores, 10M-iteration Python loop "
         f"{cal['machine']['python_loop_10M_s']:.2f} s; simulated now (loop {speed:.2f} s)"

@@ -29,9 +29,10 @@ import httpx
 import numpy as np
 import redis
 
-from bench.fleet.calibration import ARRIVALS_CSV, CALIBRATION_JSON, loop_speed_s
+from bench.fleet.calibration import ARRIVALS_CSV, CALIBRATION_JSON
 from bench.scaler_bench import FULL, SEED, SHORT, policies, stack
 from bench.scaler_report import Phase
+from bench.speed import loop_speed_s
 from inferpool import keys, model_store
 from loadtest import LoadtestConfig, run_loadtest
 from loadtest.profile import ProfileKind, ProfileSpec

@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,12 +143,3 @@ def within(simulated: float, measured: float, floor: float = 0.0, tolerance: flo
     """True when ``simulated`` is within ``tolerance`` of ``measured``, or within ``floor`` of it."""
     diff = abs(simulated - measured)
     return diff <= floor or diff <= tolerance * abs(measured)
-
-
-def loop_speed_s() -> float:
-    """Seconds of a plain 10M-iteration Python loop: the machine's speed, recorded beside every figure."""
-    t0 = time.perf_counter()
-    x = 0
-    for i in range(10_000_000):
-        x += i
-    return time.perf_counter() - t0
