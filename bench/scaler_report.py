@@ -56,7 +56,8 @@ def recovery_s(waits: list[tuple[float, float]], start: float, end: float) -> fl
     return over[-1] + RECOVERY_WINDOW_S - start
 
 
-def _process_seconds(procs: list[tuple[float, int]], lo: float, hi: float) -> float:
+def process_seconds(procs: list[tuple[float, int]], lo: float, hi: float) -> float:
+    """Pool size integrated over [lo, hi]: ``procs`` is (time, processes) in time order, each held until the next."""
     total = 0.0
     for (t0, n), (t1, _) in zip(procs, procs[1:], strict=False):
         a, b = max(t0, lo), min(t1, hi)
@@ -105,7 +106,7 @@ def analyse(
         }
     measured = bounds["before"][0], bounds["after"][1]
     out["recovery_s"] = recovery_s(waits, *bounds["step"])
-    out["process_seconds"] = _process_seconds(procs, *measured)
+    out["process_seconds"] = process_seconds(procs, *measured)
     out["steady_pool_changes"] = sum(v["steady_pool_changes"] or 0 for v in out["phases"].values())
     out["load"] = {k: summary.get(k) for k in ("sent", "ok", "errors_total", "timeouts", "dropped")}
     out["policy"] = name

@@ -31,7 +31,7 @@ import redis
 
 from bench.fleet.calibration import ARRIVALS_CSV, CALIBRATION_JSON
 from bench.scaler_bench import FULL, SEED, SHORT, policies, stack
-from bench.scaler_report import Phase
+from bench.scaler_report import Phase, process_seconds
 from bench.speed import loop_speed_s
 from inferpool import keys, model_store
 from loadtest import LoadtestConfig, run_loadtest
@@ -97,15 +97,6 @@ def _redis_delta(samples: list[RedisSample], lo: float, hi: float) -> tuple[floa
     return b.cpu_s - a.cpu_s, b.calls - a.calls, b.t - a.t
 
 
-def _process_seconds(procs: list[tuple[float, int]], lo: float, hi: float) -> float:
-    total = 0.0
-    for (t0, n), (t1, _) in zip(procs, procs[1:], strict=False):
-        a, b = max(t0, lo), min(t1, hi)
-        if b > a:
-            total += n * (b - a)
-    return total
-
-
 def _q(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
@@ -138,8 +129,8 @@ def _phase_record(rec: Recorder, ph: Phase, lo: float, hi: float, online_request
         "online_wait_p95_s": _q([w for _, w, _ in online], 95),
         "work_run_mean_s": _mean([r for _, _, r in work]),
         "online_run_mean_s": _mean([r for _, _, r in online]),
-        "process_seconds": _process_seconds(rec.processes, lo, hi),
-        "processes_mean": _process_seconds(rec.processes, lo, hi) / ph.seconds,
+        "process_seconds": process_seconds(rec.processes, lo, hi),
+        "processes_mean": process_seconds(rec.processes, lo, hi) / ph.seconds,
         "redis_cpu_s": cpu_s,
         "redis_calls": calls,
         "redis_cpu_per_task_s": cpu_s / max(1.0, tasks * per),
