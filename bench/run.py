@@ -41,6 +41,7 @@ STEP = [(30, 20.0), (90, 20.0), (30, 20.0)]  # (req/s, seconds)
 STEP_SKIP_S = 5.0  # percentiles of a phase leave out its first seconds
 CPU_RATE, CPU_WARM_S, CPU_SECONDS = 90, 5.0, 20.0
 LIGHT_RATE, LIGHT_SECONDS = 30, 20.0
+IDLE_SECONDS = 15.0
 CHUNK_ROWS = 4096
 
 
@@ -107,6 +108,20 @@ def cpu_per_request(system: System, ns: argparse.Namespace, mix: list, classify)
             for role, c, n in usage.ordered()
         ],
         "load_client_ms_per_request": 1000 * usage.load_client_s / max(s["requests"], 1),
+    }
+
+
+def idle(system: System, ns: argparse.Namespace) -> dict:
+    """CPU of the system's tree with no requests at all: its fixed cost per second, by role (heartbeats,
+    polls, sweeps, the scaler's ticks). At 90 req/s every 9 ms of it per second is 0.1 ms per request."""
+    secs = IDLE_SECONDS * ns.scale
+    meter = cpu.CpuMeter(system.pid, cpu.inferpool_role).start(at=time.monotonic())
+    time.sleep(secs)
+    usage = meter.stop()
+    return {
+        "window_s": usage.seconds,
+        "ms_per_s": 1000 * usage.system_s / usage.seconds,
+        "roles": [{"role": r, "processes": n, "ms_per_s": 1000 * c / usage.seconds} for r, c, n in usage.ordered()],
     }
 
 
@@ -179,6 +194,7 @@ def run_system(system: System, ns: argparse.Namespace, X: np.ndarray) -> dict:
         ("light", lambda: light(system, ns)),
     ]
     if is_ours:
+        steps.append(("idle", lambda: idle(system, ns)))
         steps.append(("cpu", lambda: cpu_per_request(system, ns, MIX, cpu.inferpool_role)))
     elif system.name == "onnx server":
         role = cpu.single_role("server")
@@ -188,6 +204,8 @@ def run_system(system: System, ns: argparse.Namespace, X: np.ndarray) -> dict:
     if is_ours:
         steps.append(("bulk", lambda: bulk(system, X)))
     for name, fn in steps:
+        if ns.only and name.removesuffix("_mix") not in ns.only:
+            continue
         print(f"  {system.name}: {name} ...", flush=True)
         out[name] = fn()
         settle(system)
@@ -306,6 +324,37 @@ def finite(obj):
     return obj
 
 
+SCENARIOS = ("step", "light", "idle", "cpu", "peak", "bulk")
+SYSTEMS = ("onnx", "sklearn", "inferpool")
+
+
+def partial_summary(res: dict) -> dict:
+    """The headline figure of each scenario run, per system."""
+    out: dict = {"loop_10M_s": round(res["machine"]["python_loop_10M_s"], 2)}
+    for name, r in res.items():
+        if not isinstance(r, dict) or name in ("settings", "machine", "in_process"):
+            continue
+        row: dict = {}
+        if "cpu" in r:
+            row["cpu_ms_per_request"] = round(r["cpu"]["ms_per_request"], 3)
+            row["cpu_roles"] = {x["role"]: round(x["ms_per_request"], 3) for x in r["cpu"]["roles"]}
+        if "idle" in r:
+            row["idle_ms_per_s"] = round(r["idle"]["ms_per_s"], 1)
+            row["idle_roles"] = {x["role"]: round(x["ms_per_s"], 1) for x in r["idle"]["roles"]}
+        if "light" in r:
+            row["light_p50_ms"] = round(1000 * r["light"]["p50_s"], 2)
+            row["light_p99_ms"] = round(1000 * r["light"]["p99_s"], 2)
+        if "peak" in r:
+            row["peak_rps"] = round(r["peak"]["rps"])
+        if "bulk" in r:
+            row["bulk_rows_per_s"] = round(r["bulk"]["rows_per_s"])
+        if "step" in r:
+            row["step_p99_ms"] = [round(1000 * p["p99_s"], 1) for p in r["step"]]
+        out[name] = row
+    out["in_process_rows_per_s"] = round(res["in_process"]["rows_per_s"])
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="results")
@@ -315,6 +364,8 @@ def main() -> None:
     p.add_argument("--peak-seconds", type=int, default=None)
     p.add_argument("--rows", type=int, default=None, help="rows of the bulk job (default 200,000)")
     p.add_argument("--max-in-flight", type=int, default=256, help="open-loop cap; arrivals beyond it are dropped")
+    p.add_argument("--only", nargs="+", choices=SCENARIOS, help="run only these scenarios (a quick look while tuning)")
+    p.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS), help="run only these systems")
     ns = p.parse_args()
     ns.scale = ns.scale or (0.25 if ns.quick else 1.0)
     ns.connections = ns.connections or ([8, 32, 128] if ns.quick else [8, 16, 32, 64, 128])
@@ -336,11 +387,23 @@ def main() -> None:
     print(f"machine: {m['cores']} cores, 10M-iteration Python loop {m['python_loop_10M_s']:.2f} s", flush=True)
     res["in_process"] = in_process(model_dir, X)  # before any system runs: the machine is idle
     for runtime in ("onnx", "sklearn"):
-        with reference_server(model_dir, var, runtime) as system:
+        if runtime in ns.systems:
+            with reference_server(model_dir, var, runtime) as system:
+                res[system.name] = run_system(system, ns, X)
+    if "inferpool" in ns.systems:
+        with inferpool_system(var / "stack", model_dir, scaler=True, flower=True) as system:
+            time.sleep(3 * ns.scale + 2)  # let Flower, the scaler and the pools finish starting, as a user would
             res[system.name] = run_system(system, ns, X)
-    with inferpool_system(var / "stack", model_dir, scaler=True, flower=True) as system:
-        time.sleep(3 * ns.scale + 2)  # let Flower, the scaler and the pools finish starting, as a user would
-        res[system.name] = run_system(system, ns, X)
+    if ns.only or ns.systems != list(SYSTEMS):
+        # A partial run: its figures, as JSON, without the comparison tables (they need every system).
+        path = out / f"bench-partial-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        res["in_process"].pop("predictions")
+        if "bulk" in res.get("inferpool", {}):
+            res["inferpool"]["bulk"].pop("predictions")
+        path.write_text(json.dumps(finite(res), indent=2))
+        print(json.dumps(partial_summary(res), indent=1))
+        print(f"\nresults: {path}")
+        return
     same = res["inferpool"]["bulk"].pop("predictions") == res["in_process"].pop("predictions")
     res["bulk_predictions_equal"] = same
     print(
