@@ -30,7 +30,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from scaler.load_signal import WorkerView
 
@@ -71,6 +71,9 @@ class Actuator(Protocol):
     def close(self) -> None: ...
 
 
+NO_REPLY = "no reply (worker gone or busy)"
+
+
 def reply_status(reply: Any, worker: str) -> tuple[bool, str]:
     """(ok, message) from a broadcast reply, ``[{worker: {"ok": ...} | {"error": ...}}]``."""
     for item in reply or []:
@@ -79,7 +82,7 @@ def reply_status(reply: Any, worker: str) -> tuple[bool, str]:
             if isinstance(body, dict) and "ok" in body:
                 return True, str(body["ok"])
             return False, str(body.get("error", body) if isinstance(body, dict) else body)
-    return False, "no reply (worker gone or busy)"
+    return False, NO_REPLY
 
 
 class PoolActuator:
@@ -138,10 +141,16 @@ class PoolActuator:
             by_host[w.host] += 1
         added = 0
         for name, k in plan.items():
-            if self._command("pool_grow", name, k, reason):
+            answer = self._command("pool_grow", name, k, reason)
+            if answer == "ok":
                 sizes[name] += k
                 self._commanded[name] = (sizes[name], self.clock())
                 added += k
+            elif answer == "silent":
+                # A main process busy with tasks may carry the grow out and answer after the timeout: trust
+                # the asked-for size until a heartbeat shows it or SETTLE_S passes, so the next tick neither
+                # grows it again nor starts a worker for it. Not counted as added: the outcome is unknown.
+                self._commanded[name] = (sizes[name] + k, self.clock())
         return added
 
     def shrinking(self, w: WorkerView) -> bool:
@@ -157,13 +166,14 @@ class PoolActuator:
     def shrink_one(self, candidates: Sequence[WorkerView], sizes: dict[str, int], reason: str) -> bool:
         """Stop one idle process on the first candidate that has one; False when every one is busy."""
         for w in candidates:
-            if self._command("pool_shrink", w.name, 1, reason):
+            if self._command("pool_shrink", w.name, 1, reason) == "ok":
                 sizes[w.name] -= 1
                 self._commanded[w.name] = (sizes[w.name], self.clock())
                 return True
         return False
 
-    def _command(self, command: str, worker: str, n: int, reason: str) -> bool:
+    def _command(self, command: str, worker: str, n: int, reason: str) -> Literal["ok", "refused", "silent"]:
+        """Send one command to one worker: "ok", "refused" (an error reply or a broker error) or "silent"."""
         try:
             method = getattr(self.control, command)
             reply = method(n, destination=[worker], reply=True, timeout=REPLY_TIMEOUT_S)
@@ -173,9 +183,9 @@ class PoolActuator:
             ok, message = reply_status(reply, worker)
         if ok:
             logger.info("%s(%d) on %s: %s (reason %s)", command, n, worker, message, reason)
-        else:
-            logger.warning("%s(%d) on %s refused: %s (reason %s); retry next tick", command, n, worker, message, reason)
-        return ok
+            return "ok"
+        logger.warning("%s(%d) on %s refused: %s (reason %s); retry next tick", command, n, worker, message, reason)
+        return "silent" if message == NO_REPLY else "refused"
 
     def close(self) -> None:
         pass
@@ -253,11 +263,19 @@ class ProcessActuator:
             return Outcome(0, False, "no worker yet; waiting for the supervisor's to start")
         if target > cur:
             added = self.pool.grow(target - cur, live, sizes, reason)
-            while cur + added < target:
-                k = min(self.pool.worker_max, target - cur - added)
+            # Only what no live pool has room for becomes a new worker. A grow that went unanswered (a busy
+            # main process answers late) or was refused is retried next tick: a second worker would add a
+            # main process that costs CPU on every task, and under load its start-up competes with the work.
+            room = sum(max(self.pool.worker_max - sizes[w.name], 0) for w in live)
+            short = target - cur - added
+            beyond = max(short - room, 0)
+            while beyond > 0:
+                k = min(self.pool.worker_max, beyond)
                 self._start(k, reason)
-                added += k
-            return Outcome(added, True, f"grew {added}")
+                added, beyond = added + k, beyond - k
+            complete = cur + added >= target
+            why = "" if complete else "; the pools' grow is retried next tick"
+            return Outcome(added, complete, f"grew {added}{why}")
         removed = 0
         while cur - removed > target:
             k = self._shrink_one(live, sizes, workers, reason)

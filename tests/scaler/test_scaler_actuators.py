@@ -197,6 +197,31 @@ def test_process_actuator_fills_pools_then_starts_workers_and_stops_its_own_firs
     assert all(p.returncode == 0 for p in popens.values())
 
 
+def test_process_actuator_starts_no_worker_for_room_a_busy_pool_did_not_confirm() -> None:
+    # Seen under load: the work worker's main process answered pool_grow after the 1 s timeout, and the
+    # actuator started a second worker (another main process, its start-up CPU) for room the pool had.
+    clock, launched = Clock(), []
+    silent = RecordingControl({("pool_grow", "work@box"): []})
+    act = ProcessActuator(
+        PoolActuator(silent, 8, clock=clock), "box", "work", lambda n, k: FakePopen(n, k, launched), clock=clock
+    )
+    workers = [wv("work@box", 2, busy=2)]
+    out = act.apply(8, workers, "arrival_rate")
+    assert launched == [] and (out.changed, out.complete) == (0, False)
+    assert act.current(workers) == 8  # the unanswered grow may have taken: trusted until a heartbeat says
+    silent.calls.clear()
+    assert act.apply(8, workers, "arrival_rate").changed == 0 and silent.calls == []  # not sent twice
+    clock.t += SETTLE_S  # no heartbeat ever showed it: the grow is sent again, still no worker
+    act.apply(8, workers, "arrival_rate")
+    assert silent.calls == [call("pool_grow", 6, "work@box")] and launched == []
+    refused = RecordingControl({("pool_grow", "work@box"): {"error": "busy"}})
+    act = ProcessActuator(
+        PoolActuator(refused, 8, clock=clock), "box", "work", lambda n, k: FakePopen(n, k, launched), clock=clock
+    )
+    assert act.apply(10, workers, "arrival_rate").changed == 2  # only what no pool has room for
+    assert launched == [("work-s1@box", 2)] and act.current(workers) == 4
+
+
 def test_process_actuator_waits_for_the_supervisors_worker_before_starting_one() -> None:
     clock, launched = Clock(), []
     act = ProcessActuator(
