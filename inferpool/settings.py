@@ -174,7 +174,8 @@ class Settings(BaseSettings):
     drift_accuracy_alpha: float = 0.01
     drift_accuracy_min_drop: float = 0.05
     log_json: bool = False
-    # One INFO line per predict task (job/task id, worker, model, durations); DEBUG otherwise.
+    # One INFO line per predict task (job/task id, worker, model, durations), and Celery's own "received" and
+    # "succeeded" lines; off, ours log at DEBUG and Celery's not at all (failures always do, at ERROR).
     log_task_events: bool = False
     log_level: str = "INFO"
 

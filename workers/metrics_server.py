@@ -65,6 +65,12 @@ def _logging(**_: Any) -> None:
     pool = pool_logger()
     pool.propagate = True
     pool.setLevel(logging.WARNING)
+    if not get_settings().log_task_events:
+        # Celery's own two INFO lines per task ("received" in the main process, "succeeded" in the pool
+        # process) follow INFERPOOL_LOG_TASK_EVENTS as ours do: thousands of lines a minute under load, and
+        # formatting and writing them costs the main process CPU on every task. Failures log at ERROR still.
+        for name in ("celery.worker.strategy", "celery.app.trace"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def advertised_host(bind: str, redis_url: str) -> str:

@@ -187,6 +187,26 @@ def test_json_logs_carry_ids_and_never_rows(stack_factory):
     assert event["task_id"] and event["rows"] == 5 and event["queue"] == keys.QUEUE_BULK
     assert event["queue_wait_s"] >= 0 and event["run_s"] > 0
     assert any(r["logger"].startswith("celery") for r in records)  # Celery's records, same formatter
+    # with task events on, Celery's own per-task lines are kept too
+    assert any(r["logger"] == "celery.worker.strategy" and "received" in r["msg"] for r in records)
     assert all(r.get("worker") == w.node for r in records)
     text = w.log.read_text()
     assert "0.123456" not in text and codec.rows_to_b64(X[:1])[:16] not in text
+
+
+@pytest.mark.timeout(120)
+def test_by_default_a_worker_logs_no_line_per_task(stack_factory):
+    """Under load, Celery's "received" and "succeeded" lines were thousands a minute and CPU on every task:
+    by default (INFERPOOL_LOG_TASK_EVENTS unset) a worker that served requests logs neither, and still logs
+    its start."""
+    st = stack_factory(INFERPOOL_LOG_LEVEL="INFO", INFERPOOL_WORKER_METRICS_PORT="0")
+    st.start_api()
+    w = st.start_worker("all", concurrency=1)
+    with httpx.Client(base_url=st.url, timeout=30) as api:
+        for work in (0, 0, 5):
+            r = api.post("/v1/predict", json={"instances": [[0.1] * N_FEATURES], "work_ms": work})
+            assert r.status_code == 200, r.text
+    w.stop()
+    text = w.log.read_text()
+    assert "ready." in text  # the worker logged at INFO
+    assert "] received" not in text and "succeeded in" not in text and "predict done" not in text
