@@ -184,8 +184,13 @@ class PoolActuator:
         if ok:
             logger.info("%s(%d) on %s: %s (reason %s)", command, n, worker, message, reason)
             return "ok"
+        if message == NO_REPLY:
+            # What happens next is the caller's: a grow is trusted for a while, a shrink retried next tick.
+            logger.warning("%s(%d) on %s: %s within %g s (reason %s)", command, n, worker, message, REPLY_TIMEOUT_S,
+                           reason)  # fmt: skip
+            return "silent"
         logger.warning("%s(%d) on %s refused: %s (reason %s); retry next tick", command, n, worker, message, reason)
-        return "silent" if message == NO_REPLY else "refused"
+        return "refused"
 
     def close(self) -> None:
         pass
