@@ -88,9 +88,21 @@ def tutorial_step(system: System, ns: argparse.Namespace) -> list[dict]:
 
 
 def cpu_per_request(system: System, ns: argparse.Namespace, mix: list, classify) -> dict:
+    """The median of ``ns.cpu_runs`` runs of :func:`cpu_once` (each run's figure kept in ``runs_ms``): one run
+    of this figure moves by a fifth from the next on the same machine, more than most changes it judges."""
+    runs = []
+    for i in range(ns.cpu_runs):
+        if i:
+            settle(system)
+        runs.append(cpu_once(system, ns, mix, classify, seed=12 + i))
+    runs.sort(key=lambda r: r["ms_per_request"])
+    return {**runs[len(runs) // 2], "runs_ms": [round(r["ms_per_request"], 3) for r in runs]}
+
+
+def cpu_once(system: System, ns: argparse.Namespace, mix: list, classify, seed: int) -> dict:
     """CPU of the system's whole process tree per request answered, over the window after the warm-up."""
     warm, secs = CPU_WARM_S * ns.scale, CPU_SECONDS * ns.scale
-    rng = np.random.default_rng(12)
+    rng = np.random.default_rng(seed)
     sch = clients.schedule(clients.poisson_times([(CPU_RATE, warm + secs)], rng), mix, rng)
     t0 = time.monotonic() + 0.2
     meter = cpu.CpuMeter(system.pid, classify).start(at=t0 + warm)
@@ -219,6 +231,10 @@ def ms(v: float) -> str:
     return "inf" if v == float("inf") else f"{v * 1000:.1f} ms"
 
 
+def spread(c: dict) -> str:
+    return f"{min(c['runs_ms']):.2f}-{max(c['runs_ms']):.2f}"
+
+
 def counts(s: dict) -> str:
     return f"{s['errors']}/{s['timeouts']}/{s['dropped']} of {s['requests']}"
 
@@ -255,7 +271,8 @@ def main_table(res: dict) -> str:
         ]  # fmt: skip
     c, oc = ours["cpu"], onnx["cpu"]
     rows.append(
-        (f"2 CPU ms/request at {CPU_RATE} req/s", f"{c['ms_per_request']:.2f}", "onnx server (work 0)",
+        (f"2 CPU ms/request at {CPU_RATE} req/s, median of {len(c['runs_ms'])} ({spread(c)})",
+         f"{c['ms_per_request']:.2f}", "onnx server (work 0)",
          f"{oc['ms_per_request']:.2f}", ratio(c["ms_per_request"], oc["ms_per_request"]), "<= 3 ms",
          verdict(c["ms_per_request"] <= 3.0 and c["ok"] == c["requests"]))
     )  # fmt: skip
@@ -301,7 +318,8 @@ def cpu_table(res: dict) -> str:
     for name, key in (("inferpool", "cpu"), ("onnx server", "cpu"), ("onnx server", "cpu_mix")):
         c = res[name][key]
         load = "mix" if key == "cpu_mix" or name == "inferpool" else "work 0"
-        who = f"{name} ({load}; {c['ok']} of {c['requests']} answered 200)"
+        runs = f"median of {len(c['runs_ms'])} runs: {spread(c)}"
+        who = f"{name} ({load}; {runs}; {c['ok']} of {c['requests']} answered 200)"
         for r in c["roles"]:
             rows.append((who, r["role"], r["processes"], f"{r['cpu_s']:.2f}", f"{r['ms_per_request']:.2f}"))
             who = ""
@@ -337,6 +355,7 @@ def partial_summary(res: dict) -> dict:
         row: dict = {}
         if "cpu" in r:
             row["cpu_ms_per_request"] = round(r["cpu"]["ms_per_request"], 3)
+            row["cpu_runs_ms"] = r["cpu"]["runs_ms"]
             row["cpu_roles"] = {x["role"]: round(x["ms_per_request"], 3) for x in r["cpu"]["roles"]}
         if "idle" in r:
             row["idle_ms_per_s"] = round(r["idle"]["ms_per_s"], 1)
@@ -362,6 +381,7 @@ def main() -> None:
     p.add_argument("--scale", type=float, default=None, help="multiply every scenario duration (default 1)")
     p.add_argument("--connections", type=int, nargs="+", default=None, help="wrk connections, rising")
     p.add_argument("--peak-seconds", type=int, default=None)
+    p.add_argument("--cpu-runs", type=int, default=3, help="runs of each CPU scenario; the median is reported")
     p.add_argument("--rows", type=int, default=None, help="rows of the bulk job (default 200,000)")
     p.add_argument("--max-in-flight", type=int, default=256, help="open-loop cap; arrivals beyond it are dropped")
     p.add_argument("--only", nargs="+", choices=SCENARIOS, help="run only these scenarios (a quick look while tuning)")
