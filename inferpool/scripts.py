@@ -194,6 +194,29 @@ return out
     )
 
 
+class RestoreHeld(Script):
+    """Put a message a worker took and never acked back on its queue, if it is still held as it was read.
+
+    KEYS: 1 kombu's unacked hash, 2 its index (delivery tag -> time taken), 3 the queue list to push to.
+    ARGV: 1 the delivery tag, 2 the hash entry as read, 3 the message to push (flagged redelivered).
+    Returns 1 if put back, 0 if its worker acked it (or another sweep put it back) since it was read.
+    What kombu's own restore does for one tag, with the read checked: two sweeps never push it twice.
+    """
+
+    source = """
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if not held then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 0
+end
+if held ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('RPUSH', KEYS[3], ARGV[3])
+return 1
+"""
+
+
 class ReleaseLock(Script):
     """Release a lock only if it still holds our token.
 

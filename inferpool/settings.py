@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     task_time_limit_s: int = 30
     # How often workers sweep the unacked set for expired messages.
     restore_interval_s: int = 2
+    # The online and bulk queues' own visibility timeout: their tasks take milliseconds, so a message of
+    # theirs held this long by a worker is one a dead worker took (the whole worker killed, not only a pool
+    # process, whose message Celery puts back at once), and the workers' sweep puts it back on its queue
+    # rather than leave light requests waiting out the work queue's visibility_timeout_s.
+    online_redelivery_s: float = 5.0
     # How often one worker looks for work that shows no progress for a visibility timeout and whose
     # message is on no queue and held by no worker (lost outright), and sends it again.
     redispatch_interval_s: float = 5.0
@@ -211,12 +216,20 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _delivery_limits(self) -> Settings:
         # A task still running when its message becomes visible again would run twice at once.
+        if self.online_redelivery_s <= 0:
+            raise ValueError(f"INFERPOOL_ONLINE_REDELIVERY_S ({self.online_redelivery_s}) must be above 0")
         if self.visibility_timeout_s <= self.task_time_limit_s:
             raise ValueError(
                 f"INFERPOOL_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must exceed "
                 f"INFERPOOL_TASK_TIME_LIMIT_S ({self.task_time_limit_s})"
             )
         return self
+
+    @property
+    def online_held_s(self) -> float:
+        """How long an online or bulk message may stay unacked before a sweep puts it back: never longer than
+        kombu's own visibility timeout would let it."""
+        return min(self.online_redelivery_s, float(self.visibility_timeout_s))
 
     @property
     def worker_max_procs(self) -> int:

@@ -16,6 +16,13 @@ finds nothing to do. Each unfinished piece whose message is neither on a queue n
 atomic look at both) is published again under the same task id. Results are
 idempotent, so a copy that turns out to have been alive after all finishes as
 a counted duplicate; nothing is ever resent while its message can still run.
+
+The second sweep here is for messages a dead worker still holds. kombu puts an
+unacked message back after the visibility timeout, sized for the work queue's
+longest task (60 s). A micro-batch or a job chunk runs for milliseconds, so
+every worker, every half ``INFERPOOL_ONLINE_REDELIVERY_S``, puts back the
+online and bulk messages held longer than that (:func:`restore_held`): a whole
+worker killed (OOM, a lost host) delays light requests by seconds, not a minute.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from inferpool import keys
 from inferpool.publish import send_predict
 from inferpool.records import ENDED, InflightEntry, InflightKind, JobField, LedgerField, chunk_rows, chunk_spec
 from inferpool.redis_client import sync_client
-from inferpool.scripts import FindMessages, ReleaseLock
+from inferpool.scripts import FindMessages, ReleaseLock, RestoreHeld
 from inferpool.settings import Settings, get_settings
 from workers.ticker import Ticker
 
@@ -157,6 +164,49 @@ def sweep(client: Any, s: Settings, now: float) -> SweepReport:
     return report
 
 
+# Queues whose tasks take milliseconds: a message of theirs held for INFERPOOL_ONLINE_REDELIVERY_S is orphaned.
+SHORT_QUEUES = frozenset({keys.QUEUE_ONLINE, keys.QUEUE_BULK})
+
+
+def _queue_list(message: dict, queue: str) -> str:
+    """The list kombu would put ``message`` back on: its queue's, at the priority step of the message."""
+    try:
+        priority = max(0, min(int(message["properties"]["priority"]), keys.PRIORITY_STEPS[-1]))
+    except (KeyError, TypeError, ValueError):
+        priority = 0
+    step = max(p for p in keys.PRIORITY_STEPS if p <= priority)
+    return keys.priority_lists(queue)[keys.PRIORITY_STEPS.index(step)]
+
+
+def restore_held(client: Any, now: float, held_s: float, queues: frozenset[str] = SHORT_QUEUES) -> int:
+    """Put back on their queues the messages of ``queues`` that a worker took over ``held_s`` ago and never
+    acked, as kombu's restore does after the visibility timeout (flagged redelivered, to the consuming end).
+
+    Any number of workers may run this at once: each message goes back once (:class:`RestoreHeld`). A task
+    that was still running after all finishes twice, the second time as a counted duplicate.
+    """
+    tags = client.zrangebyscore(keys.UNACKED_INDEX, "-inf", now - held_s, start=0, num=SWEEP_LIMIT)
+    if not tags:
+        return 0
+    restore, restored = RestoreHeld.register(client), 0
+    for tag, raw in zip(tags, client.hmget(keys.UNACKED_HASH, tags), strict=True):
+        if raw is None:
+            continue
+        try:
+            message, _exchange, routing_key = orjson.loads(raw)
+            message["headers"]["redelivered"] = True
+            message["properties"]["delivery_info"]["redelivered"] = True
+        except (ValueError, TypeError, KeyError):
+            continue  # not a message of ours to judge: kombu's own restore handles it
+        if routing_key not in queues:
+            continue
+        restored += restore(keys=[keys.UNACKED_HASH, keys.UNACKED_INDEX, _queue_list(message, routing_key)],
+                            args=[tag, raw, orjson.dumps(message)])  # fmt: skip
+    if restored:
+        logger.warning("put back %d message(s) held over %g s by a worker that never acked them", restored, held_s)
+    return restored
+
+
 # Longer than any sweep (a few pages of scans): a holder that dies mid-sweep holds the others off this long.
 LOCK_TTL_S = 60
 
@@ -178,6 +228,7 @@ class SweepLock:
 
 
 _ticker = Ticker("inferpool-redispatch")
+_restorer = Ticker("inferpool-restore-held")
 
 
 def _sweep_if_first(lock: SweepLock, s: Settings) -> None:
@@ -193,3 +244,5 @@ def _start(sender: Any = None, **_: Any) -> None:
     s = get_settings()
     lock = SweepLock(sync_client(s.redis_url), sender.hostname)
     _ticker.start(s.redispatch_interval_s, lambda: _sweep_if_first(lock, s))
+    client = sync_client(s.redis_url)
+    _restorer.start(s.online_held_s / 2, lambda: restore_held(client, time.time(), s.online_held_s))

@@ -95,3 +95,39 @@ def test_worker_dying_mid_batch_loses_no_answer(stack_factory, tmp_path, referen
     assert answers == expected
     ledger = {k.decode(): int(v) for k, v in st.client.hgetall(keys.LEDGER).items()}
     assert ledger["accepted"] == ledger["succeeded"] == 12
+
+
+@pytest.mark.timeout(180)
+def test_worker_killed_whole_mid_batch_is_answered_by_its_replacement(stack_factory, tmp_path, reference_model):
+    """The whole online worker (main process and pool) is SIGKILLed mid-batch, as an OOM kill or a lost host
+    would: its replacement answers every caller, without waiting out the 5-minute visibility timeout."""
+    from tests.support.slow_model import SlowModel
+
+    X_train = np.random.default_rng(1).normal(size=(100, 20))
+    model_dir = tmp_path / "slow-models"
+    joblib.dump(SlowModel(reference_model, 1.0), tmp_path / "slow.joblib")
+    model_store.register_model(tmp_path / "slow.joblib", X_train, reference_model.predict(X_train), model_dir)
+    env = {
+        "INFERPOOL_MODEL_DIR": str(model_dir), "PYTHONPATH": str(ROOT), "INFERPOOL_PREDICT_TIMEOUT_S": "30",
+        # kombu's own restore would take 5 minutes: the answers can only come from the online sweep.
+        "INFERPOOL_VISIBILITY_TIMEOUT_S": "300", "INFERPOOL_ONLINE_REDELIVERY_S": "2",
+    }  # fmt: skip
+    st = stack_factory(**env)
+    worker = st.start_worker("online", concurrency=1, name="online-a@test")
+    st.start_api()
+    X = np.random.default_rng(3).normal(size=(6, 20))
+    with cf.ThreadPoolExecutor(6) as pool, httpx.Client(base_url=st.url, timeout=60) as c:
+        futures = [pool.submit(c.post, "/v1/predict", json={"instances": [X[i].tolist()]}) for i in range(6)]
+        deadline = time.monotonic() + 20
+        while not st.client.hlen(keys.UNACKED_HASH) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # the pool process is inside predict now
+        for pid in [*worker.children(), worker.popen.pid]:
+            os.kill(pid, signal.SIGKILL)
+        worker.popen.wait()
+        assert st.client.hlen(keys.UNACKED_HASH) >= 1  # the dead worker's batch is still held in Redis
+        st.start_worker("online", concurrency=1, name="online-b@test")  # what a supervisor does
+        answers = [_answer(c, f.result()) for f in futures]
+    assert answers == reference_model.predict(X).tolist()
+    ledger = {k.decode(): int(v) for k, v in st.client.hgetall(keys.LEDGER).items()}
+    assert ledger["accepted"] == ledger["succeeded"] == 6

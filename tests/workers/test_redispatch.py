@@ -19,7 +19,7 @@ from inferpool import keys
 from inferpool.publish import send_predict
 from tests.support.jobs import wait_job
 from tests.support.waiting import wait_until
-from workers.redispatch import find_messages
+from workers.redispatch import find_messages, restore_held
 
 N_FEATURES = 20
 STALL_S = 8  # the visibility timeout: how long work may show no progress before it is looked at
@@ -51,6 +51,45 @@ def test_find_messages_sees_a_queued_message_and_nothing_else(fresh_redis):
     assert find_messages(client, ["t-queued", "t-lost"]) == {"t-queued"}
     client.delete(*keys.priority_lists(keys.QUEUE_BULK))
     assert find_messages(client, ["t-queued"]) == set()
+
+
+def _take_without_ack(conn, queue: str):
+    """What a worker does with a message before it dies: kombu takes it and records it as unacked."""
+    message = conn.default_channel.basic_get(queue, no_ack=False)
+    assert message is not None, f"nothing on {queue}"
+    return message
+
+
+def test_messages_a_dead_worker_held_go_back_to_their_queue_once(fresh_redis):
+    """Online and bulk messages held past INFERPOOL_ONLINE_REDELIVERY_S go back (flagged redelivered, to be
+    taken next); a work message, a recent one and an acked one stay where they are."""
+    from kombu import Connection
+
+    client = redis.Redis.from_url(fresh_redis.url)
+    for task_id, queue in (("t-online", keys.QUEUE_ONLINE), ("t-bulk", keys.QUEUE_BULK), ("t-work", keys.QUEUE_WORK)):
+        send_predict(client, task_id, {"id": task_id, "n": 0, "work_ms": 0, "queue": queue}, queue)
+    with Connection(fresh_redis.url) as conn:
+        held = {q: _take_without_ack(conn, q) for q in (keys.QUEUE_ONLINE, keys.QUEUE_BULK, keys.QUEUE_WORK)}
+        assert client.hlen(keys.UNACKED_HASH) == 3 and queued(client, keys.QUEUE_ONLINE) == 0
+        now = time.time()
+
+        assert restore_held(client, now, 5.0) == 0  # taken just now: a live worker is running them
+        assert restore_held(client, now + 6, 5.0) == 2  # the online and bulk ones; the work queue waits for kombu
+        assert restore_held(client, now + 6, 5.0) == 0  # once only
+
+        for queue, task_id in ((keys.QUEUE_ONLINE, "t-online"), (keys.QUEUE_BULK, "t-bulk")):
+            back = orjson.loads(client.lindex(queue, -1))  # at the end BRPOP takes from: it runs next
+            assert back["properties"]["correlation_id"] == task_id
+            assert back["headers"]["redelivered"] and back["properties"]["delivery_info"]["redelivered"]
+        assert client.hlen(keys.UNACKED_HASH) == 1 and client.zcard(keys.UNACKED_INDEX) == 1
+        assert orjson.loads(client.hvals(keys.UNACKED_HASH)[0])[2] == keys.QUEUE_WORK
+
+        # A worker that acks before the sweep reads its entry keeps its message: nothing is pushed twice.
+        again = _take_without_ack(conn, keys.QUEUE_ONLINE)
+        again.ack()
+        assert restore_held(client, time.time() + 6, 5.0) == 0
+        assert queued(client, keys.QUEUE_ONLINE) == 0
+        held[keys.QUEUE_WORK].ack()
 
 
 @pytest.mark.timeout(120)
