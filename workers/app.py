@@ -51,6 +51,7 @@ WORKER_TASK_MODULES = (
     "workers.tasks",
     "workers.heartbeat",
     "workers.redispatch",
+    "workers.watchdog",
     "workers.metrics_server",
     "workers.flower",
     "workers.control",

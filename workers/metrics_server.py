@@ -35,6 +35,7 @@ from inferpool import metrics, telemetry
 from inferpool.records import HeartbeatField
 from inferpool.settings import get_settings
 from workers import heartbeat
+from workers.watchdog import runs_tasks_in_process
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +144,14 @@ def _model_info(**_: Any) -> None:
     except Exception:  # the load failure is logged by workers.runtime
         return
     metrics.MODEL_INFO.labels(version=rt.manifest.version, sha256=rt.manifest.sha256, runtime=rt.runtime).set(1)
+
+
+@worker_ready.connect
+def _model_info_in_process(sender: Any = None, **_: Any) -> None:
+    # A threads pool has no pool process to init: its tasks share this process's model, loaded here (by
+    # get_runtime) rather than by the first request.
+    if runs_tasks_in_process(sender):
+        _model_info()
 
 
 @worker_process_shutdown.connect

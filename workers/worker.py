@@ -10,9 +10,11 @@ from inferpool.settings import get_settings
 
 def worker_argv(role: str, queues: list[str], concurrency: int, name: str | None) -> list[str]:
     s = get_settings()
+    # The work pool stays prefork: the scaler grows and shrinks it, and its long tasks need hard time limits.
+    pool = s.online_pool if role == "online" else "prefork"
     return [
         sys.executable, "-m", "celery", "-A", "workers.app:app", "worker",
-        "--pool", "prefork", "-c", str(concurrency), "-Q", ",".join(queues),
+        "--pool", pool, "-c", str(concurrency), "-Q", ",".join(queues),
         "-n", name or f"{role}@%h", "--without-gossip", "--without-mingle",
         "--loglevel", s.log_level,
     ]  # fmt: skip

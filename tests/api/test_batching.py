@@ -66,7 +66,8 @@ def _answer(client: httpx.Client, response: httpx.Response) -> int:
 
 @pytest.mark.timeout(180)
 def test_worker_dying_mid_batch_loses_no_answer(stack_factory, tmp_path, reference_model):
-    """A batch's worker process is SIGKILLed while predicting: every caller still gets its own rows' answers."""
+    """A prefork online worker's pool process is SIGKILLed while predicting: every caller still gets its own
+    rows' answers."""
     from tests.support.slow_model import SlowModel
 
     X_train = np.random.default_rng(1).normal(size=(100, 20))
@@ -77,7 +78,8 @@ def test_worker_dying_mid_batch_loses_no_answer(stack_factory, tmp_path, referen
     # a caller whose call times out still gets a job id (504), which it follows below.
     env = {"INFERPOOL_MODEL_DIR": str(model_dir), "PYTHONPATH": str(ROOT), "INFERPOOL_PREDICT_TIMEOUT_S": "30"}
     st = stack_factory(**env)
-    worker = st.start_worker("online", concurrency=1)
+    # The prefork online pool (INFERPOOL_ONLINE_POOL=prefork): its main process puts the message back at once.
+    worker = st.start_worker("online", concurrency=1, INFERPOOL_ONLINE_POOL="prefork")
     st.start_api()
     X = np.random.default_rng(2).normal(size=(12, 20))
     with cf.ThreadPoolExecutor(12) as pool, httpx.Client(base_url=st.url, timeout=60) as c:
@@ -99,8 +101,9 @@ def test_worker_dying_mid_batch_loses_no_answer(stack_factory, tmp_path, referen
 
 @pytest.mark.timeout(180)
 def test_worker_killed_whole_mid_batch_is_answered_by_its_replacement(stack_factory, tmp_path, reference_model):
-    """The whole online worker (main process and pool) is SIGKILLed mid-batch, as an OOM kill or a lost host
-    would: its replacement answers every caller, without waiting out the 5-minute visibility timeout."""
+    """The whole online worker (the default threads pool: one process) is SIGKILLed mid-batch, as an OOM kill
+    or a lost host would: its replacement answers every caller, without waiting out the 5-minute visibility
+    timeout."""
     from tests.support.slow_model import SlowModel
 
     X_train = np.random.default_rng(1).normal(size=(100, 20))

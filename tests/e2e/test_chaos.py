@@ -187,8 +187,10 @@ def test_chaos_under_steady_load_loses_nothing(stack_factory, reference_model, c
     load.start()
     try:
         time.sleep(3)
-        os.kill(wait_busy_child(control, online.node), signal.SIGKILL)
-        faults.append("SIGKILL a pool child of the online worker mid-task")
+        wait_busy_child(control, online.node)
+        kill_worker(online)  # threads pool (the default): its tasks run in its one process
+        faults.append("SIGKILL the online worker mid-task (its batches come back after the online redelivery)")
+        online = st.start_worker("online", concurrency=2, name="online-2@chaos")
         time.sleep(3)
         kill_worker(b)
         faults.append("SIGKILL a whole work worker (children and main process)")

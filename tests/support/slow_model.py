@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -14,5 +15,6 @@ class SlowModel:
         self.classes_ = inner.classes_
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        time.sleep(self.delay_s)
+        # A worker started with TEST_MODEL_DELAY_S set takes that long instead: one model dir, two speeds.
+        time.sleep(float(os.environ.get("TEST_MODEL_DELAY_S", self.delay_s)))
         return self.inner.predict(X)
