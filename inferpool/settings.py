@@ -129,12 +129,13 @@ class Settings(BaseSettings):
 
     # --- workers & scaler ---------------------------------------------------
     online_concurrency: int = 2
-    # The online worker's pool (micro-batches and job chunks). threads: the tasks run in the worker's own
-    # process, one hop and one process fewer per batch (at 90 req/s of the mix, ~0.6 ms less CPU per request
-    # and ~0.5 ms less light-load p50 than prefork; the compiled model releases the GIL, so job chunks still
-    # run two at a time). A killed worker's batches come back after online_redelivery_s and a task past
-    # task_time_limit_s ends the process (workers.watchdog). prefork: each task in a pool process of its own.
-    online_pool: Literal["threads", "prefork"] = "threads"
+    # The online worker's pool (micro-batches and job chunks). prefork: each task in a pool process of its
+    # own, and a pool process that dies (a crash in native model code, the OOM killer) has its message put
+    # back at once by the worker's main process. threads: the tasks run in the worker's own process, one
+    # process and one copy of the model fewer (half the online worker's model memory), ~0.2 ms of CPU less
+    # per request at 90 req/s; it dies whole, its batches come back after online_redelivery_s once a
+    # replacement runs, and a task past task_time_limit_s ends it (workers.watchdog).
+    online_pool: Literal["prefork", "threads"] = "prefork"
     # Two: one long request never holds the whole work pool, and a cold pool meets a first burst while the
     # scaler is still learning its rate and service time (an idle process costs memory, no CPU).
     work_concurrency_min: int = 2

@@ -100,10 +100,11 @@ def test_worker_dying_mid_batch_loses_no_answer(stack_factory, tmp_path, referen
 
 
 @pytest.mark.timeout(180)
-def test_worker_killed_whole_mid_batch_is_answered_by_its_replacement(stack_factory, tmp_path, reference_model):
-    """The whole online worker (the default threads pool: one process) is SIGKILLed mid-batch, as an OOM kill
-    or a lost host would: its replacement answers every caller, without waiting out the 5-minute visibility
-    timeout."""
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_worker_killed_whole_mid_batch_is_answered_by_its_replacement(pool, stack_factory, tmp_path, reference_model):
+    """The whole online worker (main process and pool, or its one process on threads) is SIGKILLed mid-batch,
+    as an OOM kill or a lost host would: its replacement answers every caller, without waiting out the
+    5-minute visibility timeout."""
     from tests.support.slow_model import SlowModel
 
     X_train = np.random.default_rng(1).normal(size=(100, 20))
@@ -113,7 +114,7 @@ def test_worker_killed_whole_mid_batch_is_answered_by_its_replacement(stack_fact
     env = {
         "INFERPOOL_MODEL_DIR": str(model_dir), "PYTHONPATH": str(ROOT), "INFERPOOL_PREDICT_TIMEOUT_S": "30",
         # kombu's own restore would take 5 minutes: the answers can only come from the online sweep.
-        "INFERPOOL_VISIBILITY_TIMEOUT_S": "300", "INFERPOOL_ONLINE_REDELIVERY_S": "2",
+        "INFERPOOL_VISIBILITY_TIMEOUT_S": "300", "INFERPOOL_ONLINE_REDELIVERY_S": "2", "INFERPOOL_ONLINE_POOL": pool,
     }  # fmt: skip
     st = stack_factory(**env)
     worker = st.start_worker("online", concurrency=1, name="online-a@test")

@@ -188,7 +188,7 @@ def test_chaos_under_steady_load_loses_nothing(stack_factory, reference_model, c
     try:
         time.sleep(3)
         wait_busy_child(control, online.node)
-        kill_worker(online)  # threads pool (the default): its tasks run in its one process
+        kill_worker(online)  # main process and pool: nothing of it is left to put its message back
         faults.append("SIGKILL the online worker mid-task (its batches come back after the online redelivery)")
         online = st.start_worker("online", concurrency=2, name="online-2@chaos")
         time.sleep(3)

@@ -40,14 +40,15 @@ def test_a_task_past_the_time_limit_ends_a_threads_worker_and_its_replacement_ru
         "INFERPOOL_ONLINE_REDELIVERY_S": "3", "INFERPOOL_PREDICT_TIMEOUT_S": "1",
     }  # fmt: skip
     st = stack_factory(**env)
-    hung = st.start_worker("online", concurrency=1, name="online-slow@test", TEST_MODEL_DELAY_S="30")
+    threads = {"INFERPOOL_ONLINE_POOL": "threads"}
+    hung = st.start_worker("online", concurrency=1, name="online-slow@test", TEST_MODEL_DELAY_S="30", **threads)
     with httpx.Client(base_url=st.start_api(), timeout=30) as c:
         r = c.post("/v1/predict", json={"instances": [X_train[0].tolist()]})
         assert r.status_code == 504, r.text  # the caller gets a job id to poll
         assert hung.popen.wait(20) == EXIT_TASK_OVERDUE
         assert "past the 2 s time limit" in hung.log.read_text()
         # What a supervisor does: a fresh worker (here with a model that answers in time) runs the message.
-        st.start_worker("online", concurrency=1, name="online-fresh@test", TEST_MODEL_DELAY_S="0")
+        st.start_worker("online", concurrency=1, name="online-fresh@test", TEST_MODEL_DELAY_S="0", **threads)
         url = f"/v1/jobs/{r.json()['job_id']}"
         wait_until(lambda: c.get(url).json()["status"] == "succeeded", 30, "the held batch ran again")
         assert c.get(url).json()["predictions"] == reference_model.predict(X_train[:1]).tolist()
