@@ -14,6 +14,10 @@ QUEUE_ONLINE = "inferpool.online"
 QUEUE_WORK = "inferpool.work"
 QUEUE_BULK = "inferpool.bulk"
 ALL_QUEUES = (QUEUE_ONLINE, QUEUE_WORK, QUEUE_BULK)
+# Queues whose tasks take milliseconds (a micro-batch, a job chunk): a worker that consumes only these keeps
+# no unacked record in Redis (workers.delivery), and their lost messages are resent within seconds
+# (workers.redispatch), not after the work queue's visibility timeout.
+SHORT_QUEUES = frozenset({QUEUE_ONLINE, QUEUE_BULK})
 
 # Message header stamped at publish time (epoch seconds, float).
 ENQUEUED_HEADER = "inferpool_enqueued"

@@ -1,6 +1,17 @@
 """What happens to a message once its task has run: Celery's ``Request``, as inferpool needs it, and
 which Redis errors are worth waiting for.
 
+A worker that consumes only the short queues (``keys.SHORT_QUEUES``: the online worker) keeps no unacked
+record in Redis (kombu's ``ack_emulation`` off). kombu records every message it takes in a transaction
+(the whole message into a hash, its tag into a sorted set) and deletes it again in a second one at the
+ack: two synchronous round trips per task, the first before the task may start. py-spy put them at over
+half of the online worker's main process under the tutorial mix, for tasks that run for well under a
+millisecond. What they bought, a message back on its queue when its whole worker dies, the re-dispatcher
+already gives from the task's spec, which stays in Redis until the task finishes: its short pass resends a
+micro-batch or a chunk that shows no progress for ``INFERPOOL_ONLINE_REDELIVERY_S`` and is on no queue
+(``workers.redispatch``). A pool process that dies still has its message put back at once by its parent,
+from memory, and a warm shutdown puts back what it had taken and not started.
+
 ``ServingRequest`` runs in the worker's main process (prefork children only run the task body): it
 closes the model gate when a pool process reports it cannot serve (``workers.serving``).
 
@@ -19,10 +30,13 @@ from typing import Any
 
 import redis
 from billiard.einfo import ExceptionWithTraceback
+from celery.signals import celeryd_init
+from celery.utils.text import str_to_list
 from celery.worker.request import Request
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import QoS as VirtualQoS
 
+from inferpool import keys
 from workers.serving import CannotServe, gate
 
 logger = logging.getLogger(__name__)
@@ -111,3 +125,36 @@ def _reject_or_leave_unacked(self: Any, delivery_tag: str, requeue: bool = False
 
 kombu_redis.QoS.ack = _ack_or_leave_unacked
 kombu_redis.QoS.reject = _reject_or_leave_unacked
+
+
+_virtual_reject = VirtualQoS.reject
+
+
+def _reject_or_drop(self: Any, delivery_tag: str, requeue: bool = False) -> None:
+    """A requeue that Redis refuses, on a worker that keeps no unacked record: the message is let go here and
+    the re-dispatcher sends it again from its spec, rather than the refusal ending the worker."""
+    try:
+        _virtual_reject(self, delivery_tag, requeue=requeue)
+    except redis.exceptions.ResponseError as exc:
+        VirtualQoS.ack(self, delivery_tag)
+        logger.warning(
+            "Redis refused the requeue of message %s (%s: %s); the re-dispatcher sends it again",
+            delivery_tag, type(exc).__name__, exc,
+        )  # fmt: skip
+
+
+# Only channels without ack emulation use the virtual QoS as it is: kombu's Redis QoS has its own reject.
+VirtualQoS.reject = _reject_or_drop
+
+
+def keeps_unacked_record(queues: list[str]) -> bool:
+    """Whether a worker consuming ``queues`` (all of them when empty) has kombu record what it takes in Redis."""
+    return not queues or not set(queues) <= keys.SHORT_QUEUES
+
+
+@celeryd_init.connect
+def _short_queues_unrecorded(conf: Any = None, options: dict | None = None, **_: Any) -> None:
+    # Before the consumer's connection exists: kombu reads its transport options when it connects.
+    queues = str_to_list((options or {}).get("queues") or [])
+    if not keeps_unacked_record(queues):
+        conf.broker_transport_options = {**conf.broker_transport_options, "ack_emulation": False}

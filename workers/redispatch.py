@@ -17,12 +17,14 @@ atomic look at both) is published again under the same task id. Results are
 idempotent, so a copy that turns out to have been alive after all finishes as
 a counted duplicate; nothing is ever resent while its message can still run.
 
-The second sweep here is for messages a dead worker still holds. kombu puts an
-unacked message back after the visibility timeout, sized for the work queue's
-longest task (60 s). A micro-batch or a job chunk runs for milliseconds, so
-every worker, every half ``INFERPOOL_ONLINE_REDELIVERY_S``, puts back the
-online and bulk messages held longer than that (:func:`restore_held`): a whole
-worker killed (OOM, a lost host) delays light requests by seconds, not a minute.
+The short pass is for micro-batches and job chunks (``keys.SHORT_QUEUES``), which run for milliseconds
+while the visibility timeout is sized for the work queue's longest task (60 s). The online worker keeps no
+unacked record of them (``workers.delivery``), so a whole online worker killed (OOM, a lost host) leaves its
+batches on no queue and in no hash: every half ``INFERPOOL_ONLINE_REDELIVERY_S`` the lock's holder resends
+the short pieces with no progress for that long that are nowhere to be found (:func:`sweep_short`), and a
+light caller waits seconds, not a minute. Short-queue messages that a worker with an unacked record (a
+``--role all`` worker) held when it died are put back from kombu's hash by :func:`restore_held`, run by
+every worker on the same clock.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +57,9 @@ MAX_PIECES = 2000
 # Messages read per script call, so that a scan never holds Redis for long: measured here, a queue of
 # 20,000 inline messages of 64 rows (10 KB each) took 0.8 s to scan in one script, ~9 ms per page of 250.
 SCAN_PAGE = 250
+# How long a pass waits before it looks again at the pieces it found nowhere: a message just taken by a worker
+# without an unacked record shows progress (or finishes) within milliseconds.
+SECOND_LOOK_S = 0.5
 
 
 @dataclass
@@ -126,12 +132,31 @@ def _finished(client: Any, spec: dict) -> bool:
 
 
 def sweep(client: Any, s: Settings, now: float) -> SweepReport:
-    """One pass: resend every piece of stalled work whose message is nowhere to be found."""
-    report = SweepReport()
-    stalled = client.zrangebyscore(keys.INFLIGHT, "-inf", now - s.visibility_timeout_s, start=0, num=SWEEP_LIMIT)
-    report.stalled = len(stalled)
+    """One pass: resend every piece of work stalled for a visibility timeout whose message is nowhere."""
+    cutoff = now - s.visibility_timeout_s
+    stalled = client.zrangebyscore(keys.INFLIGHT, "-inf", cutoff, start=0, num=SWEEP_LIMIT)
+    return _resend_lost(client, s, now, cutoff, stalled, None)
+
+
+def sweep_short(client: Any, s: Settings, now: float) -> SweepReport:
+    """The short pass: the same for micro-batches and job chunks (``keys.SHORT_QUEUES``), stalled for
+    ``online_held_s``. Work older than a visibility timeout is the long pass's; of the rest, the newest first,
+    so that a backlog of old entries does not hide a batch that has just stalled."""
+    cutoff = now - s.online_held_s
+    stalled = client.zrevrangebyscore(
+        keys.INFLIGHT, cutoff, f"({now - s.visibility_timeout_s}", start=0, num=SWEEP_LIMIT
+    )
+    return _resend_lost(client, s, now, cutoff, stalled, keys.SHORT_QUEUES)
+
+
+def _resend_lost(
+    client: Any, s: Settings, now: float, cutoff: float, stalled: list[bytes], queues: frozenset[str] | None
+) -> SweepReport:
+    """Resend the pieces of ``stalled`` entries (of ``queues`` only, when given) that are on no queue and held
+    by no worker; entries with no such piece are left as they are, for the pass they belong to."""
+    report = SweepReport(stalled=len(stalled))
     pieces: dict[str, dict] = {}
-    watched: list[bytes] = []
+    owner: dict[str, bytes] = {}  # piece's task id -> its in-flight entry
     for member in stalled:
         if len(pieces) >= MAX_PIECES:
             break
@@ -146,26 +171,37 @@ def sweep(client: Any, s: Settings, now: float) -> SweepReport:
             client.zrem(keys.INFLIGHT, member)
             report.finished += 1
             continue
+        if queues is not None:
+            found = {task_id: spec for task_id, spec in found.items() if spec["queue"] in queues}
         pieces.update(found)
-        watched.append(member)
-    alive = find_messages(client, list(pieces), tuple({spec["queue"] for spec in pieces.values()}))
-    report.alive = len(alive)
-    for task_id, spec in pieces.items():
-        # Finished during the scan (taken, run and acked before the unacked hash was read): not lost.
-        if task_id not in alive and not _finished(client, spec):
-            send_predict(client, task_id, spec, spec["queue"])
-            report.resent += 1
-    if watched:
-        # Each entry's clock starts again: a resent piece gets a full visibility timeout to show progress.
-        client.zadd(keys.INFLIGHT, dict.fromkeys(watched, now), xx=True)
+        owner.update(dict.fromkeys(found, member))
+    lost = _nowhere(client, pieces)
+    report.alive = len(pieces) - len(lost)
+    if lost:
+        # A second look: a worker that keeps no unacked record holds the message it has just taken in memory
+        # alone, until its task shows progress (a chunk's start, a waited batch's mark) or finishes.
+        time.sleep(SECOND_LOOK_S)
+        scores = client.zmscore(keys.INFLIGHT, [owner[t] for t in lost])
+        lost = _nowhere(client, {t: pieces[t] for t, sc in zip(lost, scores, strict=True) if sc and sc <= cutoff})
+    for task_id in lost:
+        send_predict(client, task_id, pieces[task_id], pieces[task_id]["queue"])
+    report.resent = len(lost)
+    if owner:
+        # Each entry's clock starts again: a resent piece gets a full timeout to show progress.
+        client.zadd(keys.INFLIGHT, dict.fromkeys(set(owner.values()), now), xx=True)
     if report.resent:
         client.hincrby(keys.LEDGER, LedgerField.redispatched, report.resent)
         logger.warning("re-dispatched %d lost message(s) of %d stalled job(s)/task(s)", report.resent, report.stalled)
     return report
 
 
-# Queues whose tasks take milliseconds: a message of theirs held for INFERPOOL_ONLINE_REDELIVERY_S is orphaned.
-SHORT_QUEUES = frozenset({keys.QUEUE_ONLINE, keys.QUEUE_BULK})
+def _nowhere(client: Any, pieces: dict[str, dict]) -> list[str]:
+    """The pieces that are on no queue, held by no worker and not finished."""
+    if not pieces:
+        return []
+    alive = find_messages(client, list(pieces), tuple({spec["queue"] for spec in pieces.values()}))
+    # Finished during the scan (taken, run and acked before the unacked hash was read): not lost.
+    return [t for t, spec in pieces.items() if t not in alive and not _finished(client, spec)]
 
 
 def _queue_list(message: dict, queue: str) -> str:
@@ -178,7 +214,7 @@ def _queue_list(message: dict, queue: str) -> str:
     return keys.priority_lists(queue)[keys.PRIORITY_STEPS.index(step)]
 
 
-def restore_held(client: Any, now: float, held_s: float, queues: frozenset[str] = SHORT_QUEUES) -> int:
+def restore_held(client: Any, now: float, held_s: float, queues: frozenset[str] = keys.SHORT_QUEUES) -> int:
     """Put back on their queues the messages of ``queues`` that a worker took over ``held_s`` ago and never
     acked, as kombu's restore does after the visibility timeout (flagged redelivered, to the consuming end).
 
@@ -231,10 +267,14 @@ _ticker = Ticker("inferpool-redispatch")
 _restorer = Ticker("inferpool-restore-held")
 
 
-def _sweep_if_first(lock: SweepLock, s: Settings) -> None:
+Pass = Callable[[Any, Settings, float], SweepReport]
+
+
+def _sweep_if_first(lock: SweepLock, s: Settings, passes: tuple[Pass, ...]) -> None:
     if lock.acquire():
         try:
-            sweep(lock.client, s, time.time())
+            for one_pass in passes:
+                one_pass(lock.client, s, time.time())
         finally:
             lock.release()
 
@@ -243,6 +283,12 @@ def _sweep_if_first(lock: SweepLock, s: Settings) -> None:
 def _start(sender: Any = None, **_: Any) -> None:
     s = get_settings()
     lock = SweepLock(sync_client(s.redis_url), sender.hostname)
-    _ticker.start(s.redispatch_interval_s, lambda: _sweep_if_first(lock, s))
+    _ticker.start(s.redispatch_interval_s, lambda: _sweep_if_first(lock, s, (sweep,)))
     client = sync_client(s.redis_url)
-    _restorer.start(s.online_held_s / 2, lambda: restore_held(client, time.time(), s.online_held_s))
+    short_lock = SweepLock(client, sender.hostname)
+
+    def _short() -> None:
+        restore_held(client, time.time(), s.online_held_s)
+        _sweep_if_first(short_lock, s, (sweep_short,))
+
+    _restorer.start(s.online_held_s / 2, _short)

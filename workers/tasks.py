@@ -134,6 +134,8 @@ def _predict(self: Any, spec: dict[str, Any]) -> None:
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
     if redelivered:
         _count_redelivery(rt, queue)
+    if not job_id and queue in keys.SHORT_QUEUES and spec.get("reqs") and started - enqueued > s.online_held_s / 2:
+        _quietly(_mark_started, rt, spec["id"], started)
     if job_id:
         _patiently(
             _scripts_of(rt).start_chunk, [keys.job(job_id), keys.INFLIGHT], [started, inflight_job(job_id)],
@@ -180,6 +182,12 @@ def _predict(self: Any, spec: dict[str, Any]) -> None:
                 "queue_wait_s": wait_s, "run_s": run_s, "redelivered": redelivered,
             },
         )  # fmt: skip
+
+
+def _mark_started(rt: Runtime, task_id: str, started: float) -> None:
+    """Progress for a batch that waited long enough for the short re-dispatch pass to look at it: its online
+    worker keeps no unacked record, and a batch that is running must not look lost (workers.redispatch)."""
+    rt.redis.zadd(keys.INFLIGHT, {inflight_batch(task_id): started}, xx=True)
 
 
 def _runtime_or_requeue() -> Runtime:

@@ -15,8 +15,18 @@ import pytest
 
 from api.batcher import CostModel
 from inferpool import keys, model_store
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _queued(client, queue: str) -> int:
+    return sum(client.llen(lst) for lst in keys.priority_lists(queue))
+
+
+def _batch_running(client) -> bool:
+    """A published batch has left its queue: a worker is running it (every batch here takes a second)."""
+    return _queued(client, keys.QUEUE_ONLINE) < client.zcard(keys.INFLIGHT)
 
 
 def test_cost_model_fits_linear_batch_time():
@@ -84,9 +94,7 @@ def test_worker_dying_mid_batch_loses_no_answer(stack_factory, tmp_path, referen
     X = np.random.default_rng(2).normal(size=(12, 20))
     with cf.ThreadPoolExecutor(12) as pool, httpx.Client(base_url=st.url, timeout=60) as c:
         futures = [pool.submit(c.post, "/v1/predict", json={"instances": [X[i].tolist()]}) for i in range(12)]
-        deadline = time.monotonic() + 20
-        while not st.client.hlen(keys.UNACKED_HASH) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: _batch_running(st.client), 20, "the worker to take a batch")
         time.sleep(0.3)  # the child is inside predict now
         children = worker.children()
         assert children, "prefork worker has no child process"
@@ -113,7 +121,7 @@ def test_worker_killed_whole_mid_batch_is_answered_by_its_replacement(pool, stac
     model_store.register_model(tmp_path / "slow.joblib", X_train, reference_model.predict(X_train), model_dir)
     env = {
         "INFERPOOL_MODEL_DIR": str(model_dir), "PYTHONPATH": str(ROOT), "INFERPOOL_PREDICT_TIMEOUT_S": "30",
-        # kombu's own restore would take 5 minutes: the answers can only come from the online sweep.
+        # The long re-dispatch pass would take 5 minutes: the answers can only come from the short one.
         "INFERPOOL_VISIBILITY_TIMEOUT_S": "300", "INFERPOOL_ONLINE_REDELIVERY_S": "2", "INFERPOOL_ONLINE_POOL": pool,
     }  # fmt: skip
     st = stack_factory(**env)
@@ -122,14 +130,15 @@ def test_worker_killed_whole_mid_batch_is_answered_by_its_replacement(pool, stac
     X = np.random.default_rng(3).normal(size=(6, 20))
     with cf.ThreadPoolExecutor(6) as pool, httpx.Client(base_url=st.url, timeout=60) as c:
         futures = [pool.submit(c.post, "/v1/predict", json={"instances": [X[i].tolist()]}) for i in range(6)]
-        deadline = time.monotonic() + 20
-        while not st.client.hlen(keys.UNACKED_HASH) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: _batch_running(st.client), 20, "the worker to take a batch")
         time.sleep(0.3)  # the pool process is inside predict now
         for pid in [*worker.children(), worker.popen.pid]:
             os.kill(pid, signal.SIGKILL)
         worker.popen.wait()
-        assert st.client.hlen(keys.UNACKED_HASH) >= 1  # the dead worker's batch is still held in Redis
+        # The online worker keeps no unacked record: the dead worker's batch is on no queue and in no hash,
+        # and only its spec (kept until it is answered) can bring it back.
+        assert st.client.hlen(keys.UNACKED_HASH) == 0
+        assert _queued(st.client, keys.QUEUE_ONLINE) < st.client.zcard(keys.INFLIGHT)
         st.start_worker("online", concurrency=1, name="online-b@test")  # what a supervisor does
         answers = [_answer(c, f.result()) for f in futures]
     assert answers == reference_model.predict(X).tolist()

@@ -17,9 +17,11 @@ import redis
 
 from inferpool import keys
 from inferpool.publish import send_predict
+from inferpool.records import inflight_batch, inline_spec
+from inferpool.settings import Settings
 from tests.support.jobs import wait_job
 from tests.support.waiting import wait_until
-from workers.redispatch import find_messages, restore_held
+from workers.redispatch import find_messages, restore_held, sweep_short
 
 N_FEATURES = 20
 STALL_S = 8  # the visibility timeout: how long work may show no progress before it is looked at
@@ -90,6 +92,37 @@ def test_messages_a_dead_worker_held_go_back_to_their_queue_once(fresh_redis):
         assert restore_held(client, time.time() + 6, 5.0) == 0
         assert queued(client, keys.QUEUE_ONLINE) == 0
         held[keys.QUEUE_WORK].ack()
+
+
+def test_the_short_pass_resends_a_lost_micro_batch_within_seconds_and_leaves_work_to_the_long_pass(fresh_redis):
+    """A micro-batch on no queue and in no hash (its online worker, which keeps no unacked record, died) is sent
+    again once it has shown no progress for INFERPOOL_ONLINE_REDELIVERY_S; a newer one, one still queued and a
+    work-queue task wait (the last for the visibility timeout)."""
+    client = redis.Redis.from_url(fresh_redis.url)
+    s = Settings(redis_url=fresh_redis.url, online_redelivery_s=5, visibility_timeout_s=60)
+    now = time.time()
+    ages = {"lost-online": 6, "lost-work": 6, "recent-online": 2, "queued-online": 6, "old-online": 61}
+    for task_id, age in ages.items():
+        queue = keys.QUEUE_WORK if task_id == "lost-work" else keys.QUEUE_ONLINE
+        spec = {**inline_spec(task_id, 0, keys.reply_list("api"), queue, 1), "n": 0}
+        client.set(keys.batch_spec(task_id), orjson.dumps(spec))
+        client.zadd(keys.INFLIGHT, {inflight_batch(task_id): now - age})
+    send_predict(client, "queued-online", orjson.loads(client.get(keys.batch_spec("queued-online"))), keys.QUEUE_ONLINE)
+
+    report = sweep_short(client, s, now)
+    assert (report.resent, report.alive) == (1, 1)
+    assert queued(client, keys.QUEUE_ONLINE) == 2 and queued(client, keys.QUEUE_WORK) == 0
+    resent = [orjson.loads(m)["properties"]["correlation_id"] for m in client.lrange(keys.QUEUE_ONLINE, 0, -1)]
+    assert sorted(resent) == ["lost-online", "queued-online"]
+    assert ledger(client)["redispatched"] == 1
+    # The work-queue task and the one past a visibility timeout are the long pass's: their clocks are untouched.
+    assert client.zscore(keys.INFLIGHT, inflight_batch("lost-work")) == pytest.approx(now - 6)
+    assert client.zscore(keys.INFLIGHT, inflight_batch("old-online")) == pytest.approx(now - 61)
+    # A resent batch's clock starts again: the next pass leaves it to its new message.
+    assert sweep_short(client, s, now + 1).resent == 0
+    later = sweep_short(client, s, now + 6)  # the recent one has stalled by now; the resent one is queued
+    assert (later.resent, later.alive) == (1, 2)
+    assert queued(client, keys.QUEUE_ONLINE) == 3 and ledger(client)["redispatched"] == 2
 
 
 @pytest.mark.timeout(120)
