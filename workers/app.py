@@ -4,7 +4,7 @@ a worker loads, and two fixes to kombu's Redis channel that only a consuming, ac
 from __future__ import annotations
 
 import redis
-from celery import Celery, signals
+from celery import Celery, concurrency, signals
 from kombu.transport import redis as kombu_redis
 
 from inferpool.celery_config import make_celery
@@ -46,6 +46,10 @@ def _create_client_once(self, asynchronous: bool = False):
 
 kombu_redis.Channel._create_client = _create_client_once
 
+
+# `--pool threads` is the online worker's threads pool (workers.inline_pool): the worker command resolves
+# the name after it has loaded this app, and only the online worker runs on threads.
+concurrency.ALIASES["threads"] = "workers.inline_pool:TaskPool"
 
 WORKER_TASK_MODULES = (
     "workers.tasks",
