@@ -1,5 +1,6 @@
 """The workers' Celery app: the shared configuration (:mod:`inferpool.celery_config`), the task modules
-a worker loads, and two fixes to kombu's Redis channel that only a consuming, acking process needs."""
+a worker loads, two fixes to kombu's Redis channel that only a consuming, acking process needs, and the
+online worker's threads pool (:mod:`workers.inline_pool`)."""
 
 from __future__ import annotations
 

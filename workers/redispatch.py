@@ -270,11 +270,10 @@ _restorer = Ticker("inferpool-restore-held")
 Pass = Callable[[Any, Settings, float], SweepReport]
 
 
-def _sweep_if_first(lock: SweepLock, s: Settings, passes: tuple[Pass, ...]) -> None:
+def _sweep_if_first(lock: SweepLock, s: Settings, one_pass: Pass) -> None:
     if lock.acquire():
         try:
-            for one_pass in passes:
-                one_pass(lock.client, s, time.time())
+            one_pass(lock.client, s, time.time())
         finally:
             lock.release()
 
@@ -283,12 +282,12 @@ def _sweep_if_first(lock: SweepLock, s: Settings, passes: tuple[Pass, ...]) -> N
 def _start(sender: Any = None, **_: Any) -> None:
     s = get_settings()
     lock = SweepLock(sync_client(s.redis_url), sender.hostname)
-    _ticker.start(s.redispatch_interval_s, lambda: _sweep_if_first(lock, s, (sweep,)))
+    _ticker.start(s.redispatch_interval_s, lambda: _sweep_if_first(lock, s, sweep))
     client = sync_client(s.redis_url)
     short_lock = SweepLock(client, sender.hostname)
 
     def _short() -> None:
         restore_held(client, time.time(), s.online_held_s)
-        _sweep_if_first(short_lock, s, (sweep_short,))
+        _sweep_if_first(short_lock, s, sweep_short)
 
     _restorer.start(s.online_held_s / 2, _short)
