@@ -366,8 +366,15 @@ def _scaler_commands(h: TwoHosts) -> dict[str, dict[str, int]]:
 def test_scaler_grows_and_shrinks_both_hosts_and_flower_shows_it(two_hosts, browser):
     h = two_hosts
     page = _flower_login(browser, h)
-    before = {k: h.processes(k) for k in ("work-a", "work-b")}
-    assert before == {"work-a": 1, "work-b": 1}, before  # the scaler's minimum (2), one on each host
+    before: dict[str, int] = {}
+
+    def settled() -> bool:
+        before.update({k: h.processes(k) for k in ("work-a", "work-b")})
+        return before == {"work-a": 1, "work-b": 1}
+
+    # The scaler's minimum (2), one on each host. At start it may have seen one host's worker first and grown
+    # the other to the minimum, then shrunk it back once both beat: wait for the settled pool, not the start.
+    wait_until(settled, 30, "one process on each host, the scaler's minimum")
     wait_until(lambda: _flower_processes(page, h, h.nodes["work-b"]) == 1, 20, "Flower to show host B's one process")
     first = h.out / "flower-host-b-before.png"
     page.screenshot(path=str(first), full_page=True)
