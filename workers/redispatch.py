@@ -66,7 +66,7 @@ SECOND_LOOK_S = 0.5
 class SweepReport:
     stalled: int = 0
     finished: int = 0  # entries whose work had ended or expired: dropped from the set
-    alive: int = 0  # pieces still queued or held by a worker: left alone
+    alive: int = 0  # pieces left alone: still queued, held by a worker, or finished during the look
     resent: int = 0
 
 
