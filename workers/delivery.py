@@ -12,6 +12,9 @@ micro-batch or a chunk that shows no progress for ``INFERPOOL_ONLINE_REDELIVERY_
 (``workers.redispatch``). A pool process that dies still has its message put back at once by its parent,
 from memory, and a warm shutdown puts back what it had taken and not started.
 
+The other workers (the work worker, ``--role all``) keep the record, written in batches from the event loop
+rather than in two transactions per message (``workers.unacked_record``).
+
 ``ServingRequest`` runs in the worker's main process (prefork children only run the task body): it
 closes the model gate when a pool process reports it cannot serve (``workers.serving``).
 
@@ -38,6 +41,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import QoS as VirtualQoS
 
 from inferpool import keys
+from workers import unacked_record
 from workers.serving import CannotServe, gate
 
 logger = logging.getLogger(__name__)
@@ -132,14 +136,19 @@ def _leave_unacked(qos: Any, delivery_tag: str, what: str, exc: Exception) -> No
     )  # fmt: skip
 
 
-def _ack_or_leave_unacked(self: Any, delivery_tag: str) -> None:
+def _ack_now(self: Any, delivery_tag: str) -> None:
     try:
         _kombu_ack(self, delivery_tag)
     except redis.exceptions.ResponseError as exc:  # connection errors stay kombu's: it reconnects
         _leave_unacked(self, delivery_tag, "ack", exc)
 
 
+def _ack_or_leave_unacked(self: Any, delivery_tag: str) -> None:
+    unacked_record.ack_later(self, delivery_tag, _ack_now)
+
+
 def _reject_or_leave_unacked(self: Any, delivery_tag: str, requeue: bool = False) -> None:
+    unacked_record.flush(self)  # a requeue reads the message back from the record
     try:
         _kombu_reject(self, delivery_tag, requeue=requeue)
     except redis.exceptions.ResponseError as exc:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 import redis
 from celery import Celery
@@ -244,7 +245,15 @@ def submit_running(hapi: httpx.Client, client: redis.Redis, n: int, seed: int) -
     wait_until(
         lambda: all(client.hget(keys.job(j), "status") == b"running" for j in ids), 10, "the jobs to start", 0.01
     )
+    # The worker writes its unacked record (and deletes acked messages from it) a moment later
+    # (workers.unacked_record): wait until it holds these jobs' messages and nothing else.
+    chunks = {keys.chunk_task_id(j, 0) for j in ids}
+    wait_until(lambda: held_task_ids(client) == chunks, 5, "the record to hold exactly these messages", 0.01)
     return ids
+
+
+def held_task_ids(client: redis.Redis) -> set[str]:
+    return {orjson.loads(v)[0]["properties"]["correlation_id"] for v in client.hvals(keys.UNACKED_HASH)}
 
 
 def test_tasks_wait_out_a_full_redis_and_requeue_past_their_patience(hstack, hapi):
