@@ -64,7 +64,8 @@ def batch_spec(task_id: str) -> str:
     return f"{PREFIX}:batch:{task_id}:spec"
 
 
-def reply_list(instance_id: str) -> str:
+def reply_channel(instance_id: str) -> str:
+    """The pub/sub channel an API process reads its inline tasks' replies from (``api.dispatch``)."""
     return f"{PREFIX}:reply:{instance_id}"
 
 
