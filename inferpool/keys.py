@@ -64,8 +64,7 @@ def batch_spec(task_id: str) -> str:
     return f"{PREFIX}:batch:{task_id}:spec"
 
 
-def reply_channel(instance_id: str) -> str:
-    """The pub/sub channel an API process reads its inline tasks' replies from (``api.dispatch``)."""
+def reply_list(instance_id: str) -> str:
     return f"{PREFIX}:reply:{instance_id}"
 
 

@@ -2,7 +2,7 @@
 
 * the **task spec**, a predict task's one argument (:class:`TaskSpec`): an inline task carries its rows,
   a job chunk names its job and chunk (:func:`inline_spec`, :func:`chunk_spec`);
-* the **reply** of an inline task (:class:`Reply`), published on the caller's reply channel and kept as the
+* the **reply** of an inline task (:class:`Reply`), pushed to the caller's reply list and kept as the
   task's result;
 * the **job hash** (:class:`JobField`, :func:`new_job`, :class:`JobRecord`) and its :class:`JobStatus`;
 * the **ledger**, a hash of counters (:class:`LedgerField`, :func:`decode_ledger`);
@@ -204,8 +204,6 @@ def encode_failure(task_id: str, error: str) -> bytes:
 
 def decode_reply(raw: bytes) -> Reply:
     d = orjson.loads(raw)
-    if not isinstance(d, dict) or not isinstance(d.get("id"), str):
-        raise ValueError("a reply is an object with a task id")
     preds = np.asarray(d["p"], dtype=np.int64) if "p" in d else None
     return Reply(
         d["id"], preds, d.get("v", ""), d.get("enq", 0.0), d.get("start", 0.0), d.get("end", 0.0), d.get("error")

@@ -279,27 +279,27 @@ return done
 class FinishInline(Script):
     """Store an inline task's reply, once: hand it to the waiting API process, count it, end its flight.
 
-    KEYS: 1 the result, 2 the ledger, 3 the pending marker, 4 the task's spec, 5 the in-flight set, 6 the
-    queue's task-samples stream (``''``: no sample).
+    KEYS: 1 the result, 2 the ledger, 3 the caller's reply list (``''``: nobody waits), 4 the pending
+    marker, 5 the task's spec, 6 the in-flight set, 7 the queue's task-samples stream (``''``: no sample).
     ARGV: 1 the reply (JSON), 2 TTL (s), 3 requests it carries, 4 outcome (ledger field: ``succeeded`` |
-    ``failed``), 5 its in-flight member, 6 queue wait (s), 7 run time (s), 8 the stream's MAXLEN, 9 the
-    caller's reply channel (``''``: nobody waits; a channel, not a key).
+    ``failed``), 5 its in-flight member, 6 queue wait (s), 7 run time (s), 8 the stream's MAXLEN.
     Returns 1 for the first completion, 0 for a duplicate.
     One round trip: the answer goes out first, the first completion alone counts in the ledger, and only
     if the API has marked the requests accepted (if the marker comes later, PublishPending counts it then).
     """
 
     source = """
-if ARGV[9] ~= '' then
-  redis.call('PUBLISH', ARGV[9], ARGV[1])
+if KEYS[3] ~= '' then
+  redis.call('RPUSH', KEYS[3], ARGV[1])
+  redis.call('EXPIRE', KEYS[3], 300)
 end
-if KEYS[6] ~= '' then
-  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[8], '*', 'w', ARGV[6], 'r', ARGV[7])
+if KEYS[7] ~= '' then
+  redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[8], '*', 'w', ARGV[6], 'r', ARGV[7])
 end
 if redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then
-  if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('HINCRBY', KEYS[2], ARGV[4], ARGV[3]) end
-  redis.call('DEL', KEYS[4])
-  redis.call('ZREM', KEYS[5], ARGV[5])
+  if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('HINCRBY', KEYS[2], ARGV[4], ARGV[3]) end
+  redis.call('DEL', KEYS[5])
+  redis.call('ZREM', KEYS[6], ARGV[5])
   return 1
 end
 redis.call('HINCRBY', KEYS[2], 'duplicates', 1)

@@ -1,7 +1,7 @@
 """What a predict task accepts in its spec: only what inferpool's own producers write.
 
 A message on a queue is anyone's who can reach the broker (Flower's send-task names any task and any
-arguments), and the task writes where its spec says: a reply channel, a result key made from its id, a
+arguments), and the task writes where its spec says: a reply list, a result key made from its id, a
 job's keys made from the job id. So before it touches Redis, a task checks every name and size in its
 spec against what inferpool's producers (``api.dispatch``, ``api.jobs`` through ``inferpool.publish``,
 the re-dispatcher) write. A spec that fails is refused: logged, counted, and its message acked with
@@ -19,8 +19,8 @@ from inferpool.errors import InferpoolError
 # Task and job ids are hex tokens (api.dispatch, api.jobs); letters, digits, '-' and '_' leave room for
 # test and tool ids. Never ':' or '*': an id must not make a key of another kind (inferpool:batch:<id>:spec).
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-# The one kind of channel a task may publish to: an API process's reply channel (api.dispatch).
-_REPLY = re.compile(re.escape(keys.reply_channel("")) + r"[A-Za-z0-9_-]{1,64}")
+# The one kind of list a task may push to: an API process's reply list (api.dispatch).
+_REPLY = re.compile(re.escape(keys.reply_list("")) + r"[A-Za-z0-9_-]{1,64}")
 # Sanity bounds, not the API's limits: a worker configured apart from the API must never refuse real work
 # (a refused message is gone). Simulated work is cut short by the task time limit anyway.
 MAX_ROWS = 10_000_000

@@ -282,10 +282,10 @@ def _finish_inline_args(
     task_id = spec["id"]
     samples = _samples_key(spec) if wait_s is not None else ""
     return (
-        [keys.batch_result(task_id), keys.LEDGER, keys.batch_pending(task_id), keys.batch_spec(task_id),
-         keys.INFLIGHT, samples],
+        [keys.batch_result(task_id), keys.LEDGER, spec.get("reply") or "", keys.batch_pending(task_id),
+         keys.batch_spec(task_id), keys.INFLIGHT, samples],
         [payload, ttl, spec.get("reqs", 1), outcome, inflight_batch(task_id),
-         f"{max(0.0, wait_s or 0.0):.4f}", f"{run_s or 0.0:.4f}", keys.TASK_SAMPLES_MAXLEN, spec.get("reply") or ""],
+         f"{max(0.0, wait_s or 0.0):.4f}", f"{run_s or 0.0:.4f}", keys.TASK_SAMPLES_MAXLEN],
     )  # fmt: skip
 
 

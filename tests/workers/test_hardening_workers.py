@@ -305,8 +305,8 @@ def test_a_spec_naming_keys_inferpool_never_writes_is_refused_with_nothing_writt
     row = codec.rows_to_b64(rows(1, seed=50))
     inline = {"n": 1, "rows": row, "work_ms": 0, "queue": keys.QUEUE_ONLINE, "reqs": 0}
     evil = [
-        {**inline, "id": uuid.uuid4().hex, "reply": "victim"},  # publish on any channel
-        {**inline, "id": "x:spec", "reply": keys.reply_channel("abc")},  # a result key landing on another's key
+        {**inline, "id": uuid.uuid4().hex, "reply": "victim"},  # push to and expire any list
+        {**inline, "id": "x:spec", "reply": keys.reply_list("abc")},  # a result key landing on another's key
         {"id": "j:0", "job": "../victim", "chunk": 0, "n": 1, "work_ms": 0, "queue": keys.QUEUE_BULK},
         {**inline, "id": uuid.uuid4().hex, "work_ms": True},
     ]
@@ -348,48 +348,30 @@ def test_the_redispatch_lock_is_released_by_its_holder_only(hstack):
         b.release()
 
 
-def reply_channel_of_api(client: redis.Redis, timeout_s: float = 10) -> str:
-    """The channel the API reads its replies from: the one reply channel with a subscriber."""
-    prefix = keys.reply_channel("")
-    wait_until(lambda: len(client.pubsub_channels(prefix + "*")) == 1, timeout_s, "the API's reply channel")
-    return client.pubsub_channels(prefix + "*")[0].decode()
+def reply_list_of_api(client: redis.Redis, timeout_s: float = 10) -> str:
+    """The API's reply list, seen in its BLPOP (every second) through MONITOR."""
+    deadline = time.monotonic() + timeout_s
+    with client.monitor() as m:
+        for cmd in m.listen():
+            words = cmd["command"].split()
+            if words[0] == "BLPOP" and words[1].startswith(keys.reply_list("")):
+                return words[1]
+            assert time.monotonic() < deadline, "no BLPOP on a reply list seen"
+    raise AssertionError("MONITOR ended")
 
 
 def test_the_reply_reader_survives_replies_it_cannot_read(hstack, hapi, reference_model):
     client = hstack.client
-    channel = reply_channel_of_api(client)
+    reply_key = reply_list_of_api(client)
     # A list where an object belongs, predictions that are no numbers, an id that is no string.
-    for bad in (b"[1]", b'{"id": "t", "p": "x"}', b'{"id": ["t"], "p": [1]}'):
-        assert client.publish(channel, bad) == 1  # the API is subscribed
-    api_log = next(p for p in hstack.procs if p.name == "api").log
-    wait_until(lambda: api_log.read_text().count("unreadable reply") >= 3, 5, "the API to read the bad replies")
+    client.rpush(reply_key, b"[1]", b'{"id": "t", "p": "x"}', b'{"id": ["t"], "p": [1]}')
+    wait_until(lambda: client.llen(reply_key) == 0, 5, "the API to read the bad replies")
     X = rows(3, seed=52)
     for i in range(3):
         r = hapi.post("/v1/predict", json={"instances": X[i : i + 1].tolist()})
         assert r.status_code == 200, r.text
         assert r.json()["predictions"] == reference_model.predict(X[i : i + 1]).tolist()
-
-
-def test_the_reply_reader_comes_back_after_its_subscription_is_killed(hstack, hapi, reference_model):
-    """Redis drops the subscription again and again (a restart or a network blip would too) while answers
-    are published: every caller gets its answer, and the reader is subscribed again at the end."""
-    client = hstack.client
-    channel = reply_channel_of_api(client)
-    X = rows(6, seed=53)
-
-    def ask(i: int) -> httpx.Response:
-        return hapi.post("/v1/predict", json={"instances": X[i : i + 1].tolist(), "work_ms": 200})
-
-    with ThreadPoolExecutor(6) as pool:
-        answers = pool.map(ask, range(6))
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
-            client.client_kill_filter(_type="pubsub")
-            time.sleep(0.02)
-        answers = list(answers)
-    assert [a.status_code for a in answers] == [200] * 6, [a.text for a in answers]
-    assert [a.json()["predictions"][0] for a in answers] == reference_model.predict(X).tolist()
-    assert reply_channel_of_api(client) == channel
+    assert "unreadable reply" in next(p for p in hstack.procs if p.name == "api").log.read_text()
 
 
 # --- 4. Redis fit for a queue: no evicting policy, new work shed by bytes before Redis is full -----------

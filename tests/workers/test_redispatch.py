@@ -104,7 +104,7 @@ def test_the_short_pass_resends_a_lost_micro_batch_within_seconds_and_leaves_wor
     ages = {"lost-online": 6, "lost-work": 6, "recent-online": 2, "queued-online": 6, "old-online": 61}
     for task_id, age in ages.items():
         queue = keys.QUEUE_WORK if task_id == "lost-work" else keys.QUEUE_ONLINE
-        spec = {**inline_spec(task_id, 0, keys.reply_channel("api"), queue, 1), "n": 0}
+        spec = {**inline_spec(task_id, 0, keys.reply_list("api"), queue, 1), "n": 0}
         client.set(keys.batch_spec(task_id), orjson.dumps(spec))
         client.zadd(keys.INFLIGHT, {inflight_batch(task_id): now - age})
     send_predict(client, "queued-online", orjson.loads(client.get(keys.batch_spec("queued-online"))), keys.QUEUE_ONLINE)
