@@ -63,8 +63,8 @@ demo: install
 test: install tools
 	$(PY) -m pytest -m "not slow"
 
-# The long whole-stack load runs (marked slow): a rollout under load, chaos under load, the second host, the
-# scaler's load step. CI runs them after `make test`.
+# The long whole-stack runs (marked slow): a rollout under load, chaos under load, the second host, the
+# scaler's load step, the five slowest kill-and-recover runs. CI runs them after `make test`.
 test-long: install tools
 	$(PY) -m pytest -m slow
 

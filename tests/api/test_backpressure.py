@@ -40,6 +40,7 @@ async def _burst(url: str, clients: int) -> list[httpx.Response]:
         return await asyncio.gather(*calls)
 
 
+@pytest.mark.slow  # a kill-and-recover run of 20-30 s: `make test-long`
 @pytest.mark.timeout(120)
 def test_predict_sheds_before_jobs_and_recovers(stack_factory):
     st = stack_factory(INFERPOOL_PREDICT_MAX_WAIT_S="0.5", INFERPOOL_JOB_MAX_WAIT_S="30")

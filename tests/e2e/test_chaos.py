@@ -76,6 +76,7 @@ def ledger(st) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in st.client.hgetall(keys.LEDGER).items()}
 
 
+@pytest.mark.slow  # a kill-and-recover run of 20-30 s: `make test-long`
 @pytest.mark.timeout(150)
 def test_job_survives_a_child_killed_mid_chunk_and_a_whole_worker_killed(stack_factory, reference_model):
     st = stack_factory(**FAST_DELIVERY)

@@ -45,6 +45,7 @@ def kill_hard(proc) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.slow  # a kill-and-recover run of 20-30 s: `make test-long`
 @pytest.mark.timeout(150)
 def test_queue_age_unacked_redelivery_and_worker_series(stack_factory, model_dir):
     """A worker dies holding a message; work piles up and ages; a new worker drains it and gets the lost

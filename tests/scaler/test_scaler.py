@@ -167,6 +167,7 @@ def test_a_shrink_never_stops_a_busy_process_it_waits_for_one_to_be_idle(stack_f
     wait_for("one process left", lambda: pool_sizes(app, [BASE]) == {BASE: 1}, 10)
 
 
+@pytest.mark.slow  # a kill-and-recover run of 20-30 s: `make test-long`
 def test_process_actuator_starts_a_worker_past_the_pool_cap_and_stops_it_gracefully(stack_factory, reference_model):
     st = stack_factory()
     st.start_worker("online", concurrency=1)

@@ -125,6 +125,7 @@ def test_the_short_pass_resends_a_lost_micro_batch_within_seconds_and_leaves_wor
     assert queued(client, keys.QUEUE_ONLINE) == 3 and ledger(client)["redispatched"] == 2
 
 
+@pytest.mark.slow  # a kill-and-recover run of 20-30 s: `make test-long`
 @pytest.mark.timeout(120)
 def test_lost_messages_are_sent_again_and_waiting_ones_are_not(stack_factory, reference_model):
     st = stack_factory(**FAST)
