@@ -66,25 +66,18 @@ def _ensure_metrics_dir(group: str) -> None:
 
 
 def cmd_api(ns: argparse.Namespace) -> int:
-    _ensure_metrics_dir("api")
-    import uvicorn
+    from cli import api_server
+    from inferpool.telemetry import setup_logging
 
+    if ns.child_of is None:  # one of several API processes shares its parent's metrics directory
+        _ensure_metrics_dir("api")
     s = _settings()
-    # With JSON logs uvicorn keeps no handlers of its own: its records reach the app's JSON handler.
-    log_config = {"log_config": None} if s.log_json else {}
-    uvicorn.run(
-        "api.app:create_app",
-        factory=True,
-        host=ns.host or s.api_host,
-        port=ns.port or s.api_port,
-        workers=ns.workers,
-        access_log=False,  # ~20% of the per-request CPU; request metrics cover it
-        log_level="warning",
-        **log_config,
-        timeout_graceful_shutdown=5,
-        timeout_keep_alive=30,
-    )
-    return 0
+    setup_logging("api", s)
+    host, port = ns.host or s.api_host, ns.port or s.api_port
+    if ns.child_of is not None:
+        api_server.serve_child(host, port, s.log_json, ns.fd)
+        return 0
+    return api_server.serve(host, port, ns.processes or s.api_process_count, s.log_json)
 
 
 def cmd_worker(ns: argparse.Namespace) -> int:
@@ -139,7 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("api", help="run the HTTP API")
     a.add_argument("--host")
     a.add_argument("--port", type=int)
-    a.add_argument("--workers", type=int, default=1)
+    a.add_argument(
+        "--processes", "--workers", type=int, dest="processes",
+        help="API processes on the port (default INFERPOOL_API_PROCESSES, else 2 on 2+ cores)",
+    )  # fmt: skip
+    # Set by the parent of several API processes for each of them (cli/api_server.py).
+    a.add_argument("--child-of", type=int, help=argparse.SUPPRESS)
+    a.add_argument("--fd", type=int, help=argparse.SUPPRESS)
     a.set_defaults(fn=cmd_api)
 
     w = sub.add_parser("worker", help="run a Celery worker")

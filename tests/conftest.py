@@ -60,6 +60,9 @@ def base_env(redis_url: str, model_dir: Path, metrics_dir: Path, **extra: str) -
         INFERPOOL_MODEL_DIR=str(model_dir),
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
         INFERPOOL_LOG_LEVEL="WARNING",
+        # One API process per test stack: what a test asserts of one process holds for each of several, and
+        # tests/cli/test_api_processes.py runs several. `inferpool up` in the end-to-end tests runs the default.
+        INFERPOOL_API_PROCESSES="1",
     )
     env.update(extra)
     return env
