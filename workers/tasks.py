@@ -22,8 +22,9 @@ import numpy as np
 import redis
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
-from inferpool import codec, drift, keys, metrics
+from inferpool import codec, keys, metrics
 from inferpool.celery_config import soft_time_limit_s
+from inferpool.drift import buffer as drift_buffer
 from inferpool.publish import TASK_PREDICT, TASK_PREDICT_ONLINE
 from inferpool.records import LedgerField, encode_failure, encode_reply, inflight_batch, inflight_job
 from inferpool.scripts import FailJob, FinishChunk, FinishInline, StartChunk
@@ -170,7 +171,7 @@ def _predict(self: Any, spec: dict[str, Any]) -> None:
         _patiently(_finish_inline, spec, rt, preds, enqueued, started, finished, s.result_ttl_s, until=patience)
     metrics.observe_task(queue, rows.shape[0], wait_s, run_s, preds, rt.manifest.version)
     if len(rows):
-        _quietly(drift.record, rt.redis, rows, preds, s.drift_sample_rate, s.drift_window)
+        drift_buffer.record_later(rt.redis, rows, preds, s.drift_sample_rate, s.drift_window)
     level = logging.INFO if s.log_task_events else logging.DEBUG
     if logger.isEnabledFor(level):  # one check on the hot path when task events are off
         logger.log(

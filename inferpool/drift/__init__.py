@@ -3,7 +3,8 @@
 Modules: ``stats`` (PSI, KS and their p-values on the manifest's bins), ``evaluate`` (verdicts per
 feature, for the predicted-class mix and the window, weighted by the model's permutation importance),
 ``report`` (the records and their JSON), ``window`` (the Redis edge: workers and the API write, the
-route and the exporter read), ``cache`` (one evaluation shared for a few seconds).
+route and the exporter read), ``buffer`` (a worker process's samples, pushed every half second),
+``cache`` (one evaluation shared for a few seconds).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The Redis edge: ONE bounded window of recent inputs shared by every API and worker process.
 
-Workers push a random sample of predicted rows (``record``, per task: one MULTI/EXEC, nothing more);
+Workers sample predicted rows per task and push the samples of each half second in one MULTI/EXEC
+(``inferpool.drift.buffer``; ``record`` pushes at once);
 the API pushes a sample of the rows it refused (``arecord_refusals``, only when it refuses). Reading
 (``read`` / ``aread``) happens when the drift route or the exporter asks.
 
@@ -68,6 +69,21 @@ def record(
     the number pushed. Redis errors propagate: the caller decides whether
     monitoring may fail a prediction.
     """
+    picked = sample(rows, predictions, sample_rate, window, rng)
+    if picked is None:
+        return 0
+    push(client, *picked, window)
+    return len(picked[0])
+
+
+def sample(
+    rows: np.ndarray,
+    predictions: np.ndarray,
+    sample_rate: float,
+    window: int,
+    rng: np.random.Generator | None = None,
+) -> tuple[list[bytes], list[bytes]] | None:
+    """The window entries for a ``sample_rate`` share of ``rows``: (rows, classes), oldest first; None if none."""
     rows = np.asarray(rows)
     predictions = np.asarray(predictions).ravel()
     if rows.ndim != 2 or rows.shape[0] != predictions.shape[0]:
@@ -75,18 +91,21 @@ def record(
     if window < 1:
         raise ValueError("window must be at least 1")
     if sample_rate <= 0 or rows.shape[0] == 0:
-        return 0
+        return None
     rng = rng if rng is not None else _process_rng()
     n = rows.shape[0]
     k = min(int(rng.binomial(n, min(sample_rate, 1.0))), window)
     if k == 0:
-        return 0
+        return None
     # Sorted so the newest row of the batch also ends up nearest the head.
     idx = np.sort(rng.choice(n, size=k, replace=False))
     sampled = np.ascontiguousarray(rows[idx], dtype=ROW_DTYPE)
-    classes = [str(c).encode() for c in predictions[idx]]
-    _push(client.pipeline(transaction=True), [r.tobytes() for r in sampled], classes, window).execute()
-    return k
+    return [r.tobytes() for r in sampled], [str(c).encode() for c in predictions[idx]]
+
+
+def push(client: redis.Redis, samples: list[bytes], classes: list[bytes], window: int) -> None:
+    """Push aligned entries (oldest first) and trim the window, in one MULTI/EXEC."""
+    _push(client.pipeline(transaction=True), samples, classes, window).execute()
 
 
 def _push(pipe: Any, samples: list[bytes], classes: list[bytes], window: int) -> Any:

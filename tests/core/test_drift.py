@@ -43,6 +43,7 @@ from inferpool.drift import (
     record,
 )
 from inferpool.drift import cache as drift_cache
+from inferpool.drift.buffer import SampleBuffer
 from inferpool.drift.stats import chi2_pvalue, ks_pvalue, stuck_pvalue
 from inferpool.exporter import ClusterCollector
 from inferpool.model_store import Manifest, summarize_features
@@ -367,6 +368,41 @@ def test_record_samples_at_rate(rclient: redis.Redis) -> None:
     assert record(rclient, rows, np.zeros(5000, dtype=int), sample_rate=0.0, window=300) == 0
 
 
+def test_buffered_samples_reach_the_window_at_the_flush_newest_window_kept(
+    rclient: redis.Redis, data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    X, y = data
+    buf = SampleBuffer(flush_s=3600)  # its thread never flushes here: the test does
+    assert buf.add(rclient, X[:60], y[:60], sample_rate=1.0, window=100) == 60
+    assert buf.add(rclient, X[60:90], y[60:90], sample_rate=1.0, window=100) == 30
+    assert rclient.llen(keys.DRIFT_SAMPLES) == 0  # held, not pushed per task
+    assert buf.flush() == 90
+    W, classes = read_window(rclient)
+    np.testing.assert_array_equal(W, X[:90].astype(np.float32).astype(np.float64))
+    np.testing.assert_array_equal(classes, y[:90])
+    # More than a window sampled in one interval: the newest window's worth is pushed, as the window would
+    # have kept, and the lists stay aligned.
+    for start in range(90, 390, 100):
+        buf.add(rclient, X[start : start + 100], y[start : start + 100], sample_rate=1.0, window=100)
+    assert buf.flush() == 100 and buf.flush() == 0
+    W, classes = read_window(rclient)
+    np.testing.assert_array_equal(W, X[290:390].astype(np.float32).astype(np.float64))
+    np.testing.assert_array_equal(classes, y[290:390])
+
+
+def test_buffered_samples_flush_by_themselves_and_outlive_a_redis_refusal(
+    rclient: redis.Redis, data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    X, y = data
+    buf = SampleBuffer(flush_s=0.05)
+    gone = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)  # nothing listens on port 1
+    buf.add(gone, X[:10], y[:10], sample_rate=1.0, window=100)
+    wait_until(lambda: not buf._rows, 5, "the refused flush to drop its rows")
+    buf.add(rclient, X[10:30], y[10:30], sample_rate=1.0, window=100)  # the same thread goes on
+    wait_until(lambda: rclient.llen(keys.DRIFT_SAMPLES) == 20, 5, "the flush thread to push the samples")
+    np.testing.assert_array_equal(read_window(rclient)[0], X[10:30].astype(np.float32).astype(np.float64))
+
+
 def test_window_keeps_newest_width(rclient: redis.Redis) -> None:
     record(rclient, np.ones((5, 3)), np.zeros(5, dtype=int), sample_rate=1.0, window=100)
     record(rclient, np.full((4, 2), 2.0), np.array(["a", "b", "a", "b"]), sample_rate=1.0, window=100)
@@ -448,9 +484,11 @@ def test_exporter_gauges_name_the_important_major_feature(
 # --- end to end: real workers, the API's refusals, the route -------------------------------
 
 
-def _send(api: httpx.Client, X: np.ndarray) -> None:
+def _send(api: httpx.Client, X: np.ndarray, client: redis.Redis, window_rows: int) -> None:
+    """A job of ``X``; returns once it succeeded and the window holds ``window_rows`` (workers push every 0.5 s)."""
     job = api.post("/v1/jobs", json={"instances": X.tolist()}).json()["job_id"]
     wait_until(lambda: api.get(f"/v1/jobs/{job}").json()["status"] == "succeeded", 30, "job")
+    wait_until(lambda: client.llen(keys.DRIFT_SAMPLES) == window_rows, 10, f"{window_rows} rows in the window")
 
 
 @pytest.mark.timeout(120)
@@ -465,18 +503,18 @@ def test_through_the_api(
     api = httpx.Client(base_url=st.url, timeout=30)
     top, _ = ranked
     X = data[0]
-    _send(api, _sample(X, 400, seed=1))
+    _send(api, _sample(X, 400, seed=1), st.client, 400)
     calm = api.get("/v1/monitoring/drift").json()
     assert calm["status"] == "stable" and calm["n_samples"] == 400, calm["reasons"]
     assert not [f for f in calm["features"] if f["verdict"] == "major"]
 
     W, _ = _apply("stuck", _sample(X, 400, seed=2), X, [top])
-    _send(api, W)
+    _send(api, W, st.client, 800)
     moved = api.get("/v1/monitoring/drift").json()
     assert moved["drifted"] and moved["features"][0]["index"] == top and moved["features"][0]["kind"] == "stuck"
 
     st.client.delete(keys.DRIFT_SAMPLES, keys.DRIFT_CLASSES)
-    _send(api, _sample(X, 150, seed=3))
+    _send(api, _sample(X, 150, seed=3), st.client, 150)
     bad = _sample(X, 1, seed=4).tolist()[0]
     for value_ in (None, 1e39):  # missing (pydantic refuses it), beyond float32 (the API's own check)
         bad[top] = value_

@@ -137,6 +137,7 @@ def test_drift_gauges_flip_for_shifted_features_only(stack_factory, model_dir):
     W = X[rng.integers(0, len(X), size=1200)]
 
     _post_and_wait(api, W)
+    wait_until(lambda: st.client.llen(keys.DRIFT_SAMPLES) == 1200, 10, "the samples in the window")  # pushed each 0.5 s
     calm = exposition(collector)
     assert value(calm, "inferpool_drift_window_rows") == 1200
     assert value(calm, "inferpool_drift_dataset_drifted") == 0
@@ -151,6 +152,7 @@ def test_drift_gauges_flip_for_shifted_features_only(stack_factory, model_dir):
     S = W.copy()
     S[:, shifted] += 2 * X[:, shifted].std(axis=0)
     _post_and_wait(api, S)
+    wait_until(lambda: st.client.llen(keys.DRIFT_SAMPLES) == 1200, 10, "the samples in the window")  # pushed each 0.5 s
     moved = exposition(collector)
     assert value(moved, "inferpool_drift_dataset_drifted") == 1
     assert value(moved, "inferpool_drift_drifted_features") == len(shifted)
