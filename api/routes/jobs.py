@@ -113,7 +113,7 @@ async def _replay(request: Request, st: ApiState, plan: intake.Plan, claim: Clai
     if claim.digest is not None and received.digest != claim.digest:
         raise InputError("Idempotency-Key", "already used for a job with another body")
     await st.jobs.resume(claim.job_id)  # finishes a submit that failed after storing its job
-    view = await st.jobs.get(claim.job_id, with_predictions=False)
+    view = (await st.jobs.get(claim.job_id, with_predictions=False)).view
     return _accepted(claim.job_id, view.status.value, view.progress.rows_total, 200)
 
 
@@ -175,5 +175,5 @@ def _accepted(job_id: str, status: str, rows: int, code: int) -> OrjsonResponse:
 @router.get("/v1/jobs/{job_id}", response_model=JobView, responses=problems(401, 404, 503))
 async def get_job(request: Request, job_id: str, key_id: str = Depends(caller)) -> OrjsonResponse:
     """Status, progress, timings and, once succeeded, the predictions in input order (for the submitting key)."""
-    view = await _state(request).jobs.get(job_id, key_id=key_id)
-    return OrjsonResponse(view.model_dump())
+    answer = await _state(request).jobs.get(job_id, key_id=key_id)
+    return OrjsonResponse(answer.body())

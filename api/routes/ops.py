@@ -7,6 +7,7 @@ import time
 from fastapi import APIRouter, Depends, Query, Request
 
 from api.inputs import require_json
+from api.jobs import JobAnswer
 from api.openapi import problems
 from api.responses import OrjsonResponse
 from api.schemas import (
@@ -16,7 +17,6 @@ from api.schemas import (
     FeedbackAccepted,
     FeedbackRequest,
     Health,
-    JobView,
     ModelManifest,
     Readiness,
     SystemStatus,
@@ -133,31 +133,32 @@ async def post_feedback(
 ) -> OrjsonResponse:
     """True labels for earlier predictions, by job id and row: feeds realised accuracy and label delay."""
     st = _state(request)
-    views: dict[str, JobView] = {}  # each job read once, however many of its rows are labelled
+    answers: dict[str, JobAnswer] = {}  # each job read once, however many of its rows are labelled
     entries: list[feedback.FeedbackEntry] = []
     now = time.time()
     for i, item in enumerate(body.labels):
-        view = views.get(item.job_id)
-        if view is None:
+        answer = answers.get(item.job_id)
+        if answer is None:
             try:
-                view = views[item.job_id] = await st.jobs.get(item.job_id, key_id=key_id)
+                answer = answers[item.job_id] = await st.jobs.get(item.job_id, key_id=key_id)
             except JobNotFound as exc:
                 raise InputError(f"labels.{i}.job_id", "unknown job, or its results expired") from exc
-        if view.predictions is None:
+        view, preds = answer.view, answer.predictions
+        if preds is None:
             raise InputError(f"labels.{i}.job_id", f"job is {view.status.value}, not succeeded")
-        if item.row >= len(view.predictions):
-            raise InputError(f"labels.{i}.row", f"job has {len(view.predictions)} rows")
+        if item.row >= len(preds):
+            raise InputError(f"labels.{i}.row", f"job has {len(preds)} rows")
         entries.append(
             feedback.FeedbackEntry(
                 job_id=item.job_id, row=int(item.row), true_label=item.label,
-                predicted_label=view.predictions[item.row], predicted_at=view.timings.finished or now,
+                predicted_label=int(preds[item.row]), predicted_at=view.timings.finished or now,
                 received_at=now,
             )
         )  # fmt: skip
     await feedback.record_entries(st.redis, entries)
     by_version: dict[str, tuple[int, int]] = {}  # the rollout's accuracy verdict: (labelled, correct) per version
     for item, e in zip(body.labels, entries, strict=True):
-        version = views[item.job_id].model_version or ""
+        version = answers[item.job_id].view.model_version or ""
         n, ok = by_version.get(version, (0, 0))
         by_version[version] = (n + 1, ok + int(e.true_label == e.predicted_label))
     await st.rollout.record_labels(by_version)
