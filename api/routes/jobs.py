@@ -139,7 +139,7 @@ async def _accept(
     async def stage(k: int, rows: np.ndarray) -> None:
         nonlocal staged
         await st.jobs.stage(job_id, k, rows)
-        staged = k + 1
+        staged = max(staged, k + 1)  # two may be on their way at once (api.intake.STORES_IN_FLIGHT)
 
     try:
         received = await intake.receive(request, plan, sink, stage)

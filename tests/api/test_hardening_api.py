@@ -143,6 +143,20 @@ def test_job_bodies_never_multiply_the_api_memory(stack, keyed):
     assert view["status"] == "succeeded" and len(view["predictions"]) == len(X)
 
 
+def test_a_body_refused_after_its_first_chunks_leaves_no_rows_in_redis(stack, keyed):
+    """Chunks go to Redis while the body still arrives, two at a time: a bad row past them refuses the job
+    (naming the row) and takes back every chunk already stored, including those still on their way."""
+    X = np.random.default_rng(13).normal(size=(30_000, N_FEATURES))  # seven full chunks before the bad row
+    X[29_000, 3] = np.nan
+    stored = lambda: set(stack.client.scan_iter(match=keys.job_input("*", "*")))  # noqa: E731
+    before = stored()
+    with client(keyed) as c:
+        r = c.post("/v1/jobs", content=npy(X), headers={"content-type": "application/x-npy"})
+        assert r.status_code == 422 and r.json()["field"] == "instances.29000.3", r.text
+        assert c.post("/v1/predict", json={"instances": [ROW]}).status_code == 200  # nothing else lost
+    assert stored() <= before
+
+
 # --- 3. atomic idempotency ------------------------------------------------------------------------------
 def test_one_job_per_idempotency_key_under_concurrency(keyed, stack):
     body = npy(np.random.default_rng(3).normal(size=(50_000, N_FEATURES)))  # 8 MB: accepting takes a while
