@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -95,6 +98,26 @@ def keda_value(doc: dict, location: str) -> float:
     return float(doc)
 
 
+@contextlib.contextmanager
+def beating(client: redis.Redis, name: str) -> Iterator[None]:
+    """A worker's heartbeat, sent every half second as a live worker's is, until the block ends."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            client.zadd(keys.WORKERS, {name: time.time()})
+            if stop.wait(0.5):
+                return
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def test_keda_endpoint_serves_the_scalers_decision(redis_server, model_dir, tmp_path) -> None:
     """One real scaler tick writes its decision to Redis; the exporter's GET /keda serves it, 503 before."""
     url = redis_server.url.rsplit("/", 1)[0] + "/11"  # a database of its own on the shared server
@@ -105,11 +128,11 @@ def test_keda_endpoint_serves_the_scalers_decision(redis_server, model_dir, tmp_
     try:
         r = httpx.get(f"{server.url}/keda", timeout=5)
         assert r.status_code == 503 and "scaler" in r.json()["error"]  # KEDA falls back to its fallback size
-        client.zadd(keys.WORKERS, {"work@pod-1": time.time()})
         client.hset(keys.worker("work@pod-1"), mapping={"processes": 2, "busy": 0, "queues": keys.QUEUE_WORK})
         env = base_env(url, model_dir, tmp_path, INFERPOOL_SCALER_METRICS_PORT=str(free_port()))
         argv = [sys.executable, "-m", "cli.main", "scaler", "--once", "--dry-run", "--min", "4", "--max", "16"]
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+        with beating(client, "work@pod-1"):  # the scaler may take longer to start than a beat stays fresh
+            done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         r = httpx.get(f"{server.url}/keda", timeout=5)
         assert r.status_code == 200 and r.headers["content-type"] == "application/json"
