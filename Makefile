@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 
-.PHONY: install lock tools bench-tools apt-install up demo test test-long second-host lint format bench soak chaos-soak scaler-bench fleet-calibrate fleet-sim clean
+.PHONY: install lock tools bench-tools apt-install up demo test test-long second-host lint format bench bench-job soak chaos-soak scaler-bench fleet-calibrate fleet-sim clean
 
 # Dependencies come from a lock made by uv (README, "Development"): requirements.lock holds every extra
 # (dev, loadtest, local), requirements-server.lock the server image's set; both for Python 3.11 on
@@ -94,6 +94,10 @@ format: install
 # `make bench BENCH_ARGS=--quick` for a quick check (every duration x0.25).
 bench: install bench-tools
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# Where a 200k-row job's time goes (POST, chunks on the pool's threads, tail), job by job beside the in-process loop.
+bench-job: install
+	$(PY) -m bench.job_timeline
 
 scaler-bench: install bench-tools
 	$(PY) -m bench.scaler_bench
