@@ -118,11 +118,10 @@ def main() -> None:
 
 
 def print_cpu(roles: list[dict[str, float]]) -> None:
-    """CPU a job by role (median over the jobs; the window holds the job and up to a meter's tick past it)."""
-    names = sorted({r for job in roles for r in job}, key=lambda r: -float(np.median([j.get(r, 0) for j in roles])))
-    print("CPU ms a job, median by role: " + ", ".join(
-        f"{r} {1000 * float(np.median([j.get(r, 0.0) for j in roles])):.0f}" for r in names
-    ))  # fmt: skip
+    """CPU a job by role: the median over the jobs of each job's window (its POST to its last poll)."""
+    medians = {r: float(np.median([job.get(r, 0.0) for job in roles])) for r in {r for job in roles for r in job}}
+    ordered = sorted(medians.items(), key=lambda item: -item[1])
+    print("CPU ms a job, median by role: " + ", ".join(f"{r} {1000 * m:.0f}" for r, m in ordered))
 
 
 if __name__ == "__main__":
