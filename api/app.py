@@ -13,6 +13,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from api import errors, openapi
 from api.edge import EdgeGuard
+from api.fast_path import FastPredict
 from api.job_ttl import InflightTtl
 from api.responses import OrjsonResponse
 from api.routes import jobs, ops, predict, rollout
@@ -115,7 +116,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/metrics", _metrics, methods=["GET"], tags=["monitoring"], response_class=PlainTextResponse,
         responses={200: {"description": "Prometheus text exposition (version 0.0.4)."}},
     )  # fmt: skip
-    # Outermost last: every request is counted (refusals too), then checked at the edge before any route.
+    # Outermost last: every request is counted (refusals too), then checked at the edge before any route;
+    # past the edge, the one-call predict routes' plain bodies skip FastAPI's machinery (api/fast_path.py).
+    app.add_middleware(FastPredict, fastapi_app=app)
     app.add_middleware(
         EdgeGuard, keys=app.state.keys, call_limit_bytes=s.max_call_body_bytes, job_limit_bytes=s.max_body_bytes
     )

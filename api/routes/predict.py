@@ -107,23 +107,39 @@ async def _batched(st: ApiState, entry: Entry) -> tuple[np.ndarray, str, str]:
     return answer.predictions, answer.job_id, answer.model_version
 
 
+async def predict_answer(
+    st: ApiState, instances: list, work_ms: int, key_id: str, routing_key: str | None
+) -> dict:
+    """``POST /v1/predict``'s answer to a validated body (the route and ``api.fast_path`` share it)."""
+    m = st.manifest()
+    widths = {len(r) for r in instances}
+    if len(widths) != 1:
+        raise InputError("instances", "every row must have the same number of features")
+    X = np.asarray(instances, dtype=np.float64)
+    _check(X, m, st.settings.max_rows_per_request, "instances")
+    check_values(X, "instances")
+    preds, raw_id, version = await predict_rows(st, X, work_ms, "/v1/predict", key_id, routing_key)
+    job_id = await st.jobs.slice_id(raw_id, key_id)  # only this route hands out the id: only it signs
+    return {"predictions": preds.tolist(), "job_id": job_id, "model_version": version}
+
+
+async def compat_answer(st: ApiState, x: list, work: int, key_id: str, routing_key: str | None) -> dict:
+    """``POST /predict``'s answer to a validated body (the route and ``api.fast_path`` share it)."""
+    X = np.asarray([x], dtype=np.float64)
+    _check(X, st.manifest(), 1, "X")
+    check_values(X, "X", flat=True)
+    preds, _, version = await predict_rows(st, X, work, "/predict", key_id, routing_key)
+    return {"prediction": int(preds[0]), "model_version": version}
+
+
 @router.post("/v1/predict", response_model=PredictResponse, responses=ERRORS)
 async def predict(
     body: PredictRequest, request: Request, key_id: str = Depends(caller), __: None = Depends(require_json)
 ) -> OrjsonResponse:
     """Predict and wait for the answer in the same call (up to the configured timeout)."""
     st = _state(request)
-    m = st.manifest()
-    widths = {len(r) for r in body.instances}
-    if len(widths) != 1:
-        raise InputError("instances", "every row must have the same number of features")
-    X = np.asarray(body.instances, dtype=np.float64)
-    _check(X, m, st.settings.max_rows_per_request, "instances")
-    check_values(X, "instances")
     routing_key = request.headers.get(st.settings.rollout_key_header)
-    preds, raw_id, version = await predict_rows(st, X, body.work_ms, "/v1/predict", key_id, routing_key)
-    job_id = await st.jobs.slice_id(raw_id, key_id)  # only this route hands out the id: only it signs
-    return OrjsonResponse({"predictions": preds.tolist(), "job_id": job_id, "model_version": version})
+    return OrjsonResponse(await predict_answer(st, body.instances, body.work_ms, key_id, routing_key))
 
 
 @router.post("/predict", response_model=CompatResponse, responses=ERRORS)
@@ -133,9 +149,5 @@ async def predict_compat(
     """Drop-in for the single-process server: ``{"X": [...], "work": ms}`` -> ``{"prediction": int}``, plus
     the ``model_version`` that answered (a rollout may route the caller to a candidate)."""
     st = _state(request)
-    X = np.asarray([body.X], dtype=np.float64)
-    _check(X, st.manifest(), 1, "X")
-    check_values(X, "X", flat=True)
     routing_key = request.headers.get(st.settings.rollout_key_header)
-    preds, _, version = await predict_rows(st, X, body.work, "/predict", key_id, routing_key)
-    return OrjsonResponse({"prediction": int(preds[0]), "model_version": version})
+    return OrjsonResponse(await compat_answer(st, body.X, body.work, key_id, routing_key))
