@@ -107,9 +107,7 @@ async def _batched(st: ApiState, entry: Entry) -> tuple[np.ndarray, str, str]:
     return answer.predictions, answer.job_id, answer.model_version
 
 
-async def predict_answer(
-    st: ApiState, instances: list, work_ms: int, key_id: str, routing_key: str | None
-) -> dict:
+async def predict_answer(st: ApiState, instances: list, work_ms: int, key_id: str, routing_key: str | None) -> dict:
     """``POST /v1/predict``'s answer to a validated body (the route and ``api.fast_path`` share it)."""
     m = st.manifest()
     widths = {len(r) for r in instances}
