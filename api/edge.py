@@ -34,7 +34,8 @@ JOB_PATHS = frozenset({"/v1/jobs"})
 DRAIN_MAX_BYTES = 1024 * 1024
 
 
-def _header(scope: Scope, name: bytes) -> bytes | None:
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower-case, as ASGI servers give them), None if absent."""
     for key, value in scope["headers"]:
         if key == name:
             return value
@@ -43,7 +44,7 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 
 def _declared_length(scope: Scope) -> int | None:
     """Content-Length as sent, None for a chunked body or none (uvicorn has already refused a malformed one)."""
-    raw = _header(scope, b"content-length")
+    raw = header(scope, b"content-length")
     return int(raw) if raw is not None and raw.isdigit() else None
 
 
@@ -53,7 +54,7 @@ def _hang_up(scope: Scope, read: int, done: bool) -> bool:
         return False
     length = _declared_length(scope)
     if length is None:
-        return _header(scope, b"transfer-encoding") is not None
+        return header(scope, b"transfer-encoding") is not None
     return length - read > DRAIN_MAX_BYTES
 
 
@@ -72,7 +73,7 @@ class EdgeGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        given = _header(scope, b"x-api-key")
+        given = header(scope, b"x-api-key")
         try:
             key_id = self.keys.caller_of(scope["path"], given.decode("latin-1") if given is not None else None)
         except AuthError as exc:

@@ -20,11 +20,12 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 
-from api.edge import ASGIApp, Message, Receive, Scope, Send, _header
+from api.edge import ASGIApp, Message, Receive, Scope, Send, header
 from api.routes.predict import compat_answer, predict_answer, router
 from api.security import KEY_ID_STATE
 
 Answer = Callable[[Any, list, int, str, str | None], Awaitable[dict]]
+# Other JSON types (``+json``, none at all) are the route's to judge, as ``api.inputs.require_json`` does.
 JSON_TYPES = (b"application/json",)
 
 
@@ -74,7 +75,7 @@ ROUTES: dict[str, tuple[Callable[[Any], tuple[list, int] | None], Answer]] = {
 
 
 def _json_content(scope: Scope) -> bool:
-    ctype = _header(scope, b"content-type")
+    ctype = header(scope, b"content-type")
     return ctype is not None and ctype.split(b";")[0].strip().lower() in JSON_TYPES
 
 
@@ -131,8 +132,8 @@ class FastPredict:
         if parsed is None or st is None or route is None:
             return await self.app(scope, _replay(raw, receive), send)
         scope["route"] = route
-        header = st.settings.rollout_key_header.lower().encode("latin-1")
-        routing = _header(scope, header)
+        name = st.settings.rollout_key_header.lower().encode("latin-1")
+        routing = header(scope, name)
         try:
             answer = await plan[1](st, parsed[0], parsed[1], key_id, routing.decode("latin-1") if routing else None)
         except Exception as exc:
