@@ -118,7 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )  # fmt: skip
     # Outermost last: every request is counted (refusals too), then checked at the edge before any route;
     # past the edge, the one-call predict routes' plain bodies skip FastAPI's machinery (api/fast_path.py).
-    app.add_middleware(FastPredict, fastapi_app=app)
+    app.add_middleware(FastPredict, fastapi_app=app, rollout_key_header=s.rollout_key_header)
     app.add_middleware(
         EdgeGuard, keys=app.state.keys, call_limit_bytes=s.max_call_body_bytes, job_limit_bytes=s.max_body_bytes
     )

@@ -72,6 +72,9 @@ def test_fast_and_routed_answers_agree(api: httpx.Client):
     assert v1.status_code == 200, v1.text
     body = v1.json()
     assert body["predictions"] == [api.post("/predict", json={"X": r}).json()["prediction"] for r in rows]
+    # A body past the fast path's size bound (240 rows) is the route's, with the same answers.
+    big = api.post("/v1/predict", json={"instances": rows * 20})
+    assert big.status_code == 200 and big.json()["predictions"] == body["predictions"] * 20, big.text[:300]
     # The job id the fast path hands out is signed and pollable, as the route's is.
     job = api.get(f"/v1/jobs/{body['job_id']}")
     assert job.status_code == 200 and job.json()["predictions"] == body["predictions"], job.text
