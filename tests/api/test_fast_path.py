@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from api.fast_path import compat_body, predict_body
+from tests.support.monitoring import scrape, value
 
 ROW = [0.25] * 20
 
@@ -49,11 +50,8 @@ def test_other_v1_bodies_go_to_the_route(body):
 
 
 def _metric(api: httpx.Client, route: str, status: str) -> float:
-    needle = f'inferpool_http_requests_total{{method="POST",route="{route}",status="{status}"}}'
-    for line in api.get("/metrics").text.splitlines():
-        if line.startswith(needle):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    samples = scrape(f"{api.base_url}/metrics")
+    return value(samples, "inferpool_http_requests_total", method="POST", route=route, status=status)
 
 
 def test_fast_and_routed_answers_agree(api: httpx.Client):
