@@ -42,7 +42,7 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-def _declared_length(scope: Scope) -> int | None:
+def declared_length(scope: Scope) -> int | None:
     """Content-Length as sent, None for a chunked body or none (uvicorn has already refused a malformed one)."""
     raw = header(scope, b"content-length")
     return int(raw) if raw is not None and raw.isdigit() else None
@@ -52,7 +52,7 @@ def _hang_up(scope: Scope, read: int, done: bool) -> bool:
     """Whether an answer now should close the connection: more (or an unknown amount) of body to come."""
     if done:
         return False
-    length = _declared_length(scope)
+    length = declared_length(scope)
     if length is None:
         return header(scope, b"transfer-encoding") is not None
     return length - read > DRAIN_MAX_BYTES
@@ -82,7 +82,7 @@ class EdgeGuard:
         if key_id is not None:
             scope.setdefault("state", {})[KEY_ID_STATE] = key_id
         limit = self.limit_of(scope["path"])
-        declared = _declared_length(scope)
+        declared = declared_length(scope)
         if declared is not None and declared > limit:
             hang_up = _hang_up(scope, 0, False)
             return await self._refuse(scope, send, 413, "payload_too_large", f"body over {limit} bytes", hang_up)

@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 
-from api.edge import ASGIApp, Message, Receive, Scope, Send, header
+from api.edge import ASGIApp, Message, Receive, Scope, Send, declared_length, header
 from api.routes.predict import compat_answer, predict_answer, router
 from api.security import KEY_ID_STATE
 
@@ -83,6 +83,12 @@ def _json_content(scope: Scope) -> bool:
     return ctype is not None and ctype.split(b";")[0].strip().lower() in JSON_TYPES
 
 
+def _declared_over(scope: Scope) -> bool:
+    # A body declared past the bound goes to the route unread, rather than being read here and replayed.
+    length = declared_length(scope)
+    return length is not None and length > FAST_MAX_BYTES
+
+
 async def _read_body(receive: Receive) -> bytes | None:
     """The whole body; None if the client went away first."""
     parts = []
@@ -123,13 +129,13 @@ class FastPredict:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         plan = ROUTES.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
         key_id = scope.get("state", {}).get(KEY_ID_STATE)
-        if plan is None or key_id is None or not _json_content(scope):
+        if plan is None or key_id is None or not _json_content(scope) or _declared_over(scope):
             return await self.app(scope, receive, send)
         raw = await _read_body(receive)
         if raw is None:
             return
         try:
-            parsed = plan[0](orjson.loads(raw)) if len(raw) <= FAST_MAX_BYTES else None
+            parsed = plan[0](orjson.loads(raw)) if len(raw) <= FAST_MAX_BYTES else None  # a chunked body
         except orjson.JSONDecodeError:
             parsed = None
         st = getattr(self.fastapi_app.state, "api", None)
